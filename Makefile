@@ -1,0 +1,30 @@
+# Two commands for a newcomer: `make figures` and `make test`. The venv is made on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: setup figures figures-smoke test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)            ## create .venv and install (skips what is already installed)
+
+figures: $(STAMP)          ## regenerate every figure on the embedded default (tiny profile)
+	$(BIN)/python -m simo figures --profile tiny
+
+figures-smoke: $(STAMP)    ## run every notebook at CI scale (figures go to build/)
+	$(BIN)/python -m simo figures --profile smoke
+
+test: $(STAMP)             ## unit tests + every notebook executed on the smoke profile
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)            ## speed/memory benchmarks (ratios against a baseline in the same run)
+	$(BIN)/python benchmarks/merge_speed.py
+
+clean:                     ## remove caches and executed notebooks (keeps .venv and figures/)
+	rm -rf .cache build

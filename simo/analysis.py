@@ -1,0 +1,165 @@
+"""Reading results: training curves, plateau checks, pretrained-vs-scratch comparisons.
+
+Later notebooks add misalignment diagnostics, task-relationship sweeps and Pareto fronts here.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from simo.tasks import Task
+
+
+def curve(history: Sequence[dict], task: str, metric: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a validation metric recorded by the training loop."""
+    pts = [(h["step"], h["val"][task][metric]) for h in history if "val" in h and task in h["val"]]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plateau_gain(history: Sequence[dict], task: Task, tail: float = 0.25) -> float:
+    """Relative improvement of the main validation metric over the last ``tail`` of training.
+
+    Near 0 means the run has reached its plateau: training longer with this schedule would not
+    change the reference numbers that every Δ_MTL is measured against.
+    """
+    steps, values = curve(history, task.name, task.main_metric)
+    if len(values) < 2:
+        return float("nan")
+    cut = steps[-1] * (1.0 - tail)
+    before = [v for s, v in zip(steps, values) if s <= cut][-1]
+    end = values[-1]
+    hib = dict((m.name, m.higher_is_better) for m in task.metrics)[task.main_metric]
+    gain = (end - before) if hib else (before - end)
+    return gain / max(abs(end), 1e-12)
+
+
+def better(task: Task, a: float, b: float, metric: str | None = None) -> bool:
+    """Is value ``a`` better than ``b`` on ``metric`` (default: the task's main metric)?"""
+    metric = metric or task.main_metric
+    hib = dict((m.name, m.higher_is_better) for m in task.metrics)[metric]
+    return a > b if hib else a < b
+
+
+def mean_saturation(images: Tensor) -> float:
+    """Mean HSV saturation of (N,3,H,W) images: how colourful a scene distribution is."""
+    mx, mn = images.max(dim=1).values, images.min(dim=1).values
+    return float(((mx - mn) / mx.clamp_min(1e-6)).mean())
+
+
+def label_statistics(data: dict[str, Tensor], classes: Sequence[str]) -> dict:
+    """Class pixel frequencies, depth range and the density of sparse targets of a dataset."""
+    lab = data["label"]
+    valid = lab >= 0
+    counts = torch.bincount(lab[valid].ravel(), minlength=len(classes)).double()
+    depth = data["depth"][data["depth"] > 0]
+    out = {
+        "class_frequency": {c: float(n / counts.sum()) for c, n in zip(classes, counts)},
+        "depth": {"min": float(depth.min()), "median": float(depth.median()),
+                  "max": float(depth.max())},
+        "invalid_label_fraction": float(1 - valid.float().mean()),
+    }
+    if "edge" in data:
+        out["edge_fraction"] = float(data["edge"].mean())
+    if "keypoint" in data:
+        out["keypoint_fraction"] = float((data["keypoint"] > 0.5).float().mean())
+    return out
+
+
+# ------------------------------------------------------------------ misalignment diagnostics -------
+
+@torch.no_grad()
+def block_tokens(vit: torch.nn.Module, images: Tensor, batch_size: int = 128) -> list[Tensor]:
+    """Patch-token features after every block (no final norm): a list of (N*tokens, C) tensors."""
+    vit.eval()
+    per_block: list[list[Tensor]] = []
+    for i in range(0, len(images), batch_size):
+        inter = vit.forward_intermediates(images[i:i + batch_size], indices=len(vit.blocks),
+                                          norm=False, output_fmt="NLC", intermediates_only=True)
+        for j, f in enumerate(inter):
+            if len(per_block) <= j:
+                per_block.append([])
+            per_block[j].append(f.reshape(-1, f.shape[-1]))
+    return [torch.cat(b).double() for b in per_block]
+
+
+def linear_cka(x: Tensor, y: Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019) between two (n, d) feature matrices; 1 = same up to
+    rotation and isotropic scaling, which is exactly what a fixed linear head cannot undo."""
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    hsic = (y.T @ x).norm() ** 2
+    return float(hsic / ((x.T @ x).norm() * (y.T @ y).norm()).clamp_min(1e-12))
+
+
+def mean_cosine(x: Tensor, y: Tensor) -> float:
+    """Mean cosine similarity of corresponding token features: sensitive to any change a head
+    would see, including those CKA forgives (rotations, scaling)."""
+    return float(torch.nn.functional.cosine_similarity(x, y, dim=1).mean())
+
+
+def block_similarity(vit_a: torch.nn.Module, vit_b: torch.nn.Module,
+                     images: Tensor) -> dict[str, list[float]]:
+    """Per-block linear CKA and cosine similarity of two encoders' features on the same images."""
+    fa, fb = block_tokens(vit_a, images), block_tokens(vit_b, images)
+    return {"cka": [linear_cka(a, b) for a, b in zip(fa, fb)],
+            "cosine": [mean_cosine(a, b) for a, b in zip(fa, fb)]}
+
+
+def select_on_validation(score: Callable[[float], float], grid: Sequence[float]
+                         ) -> tuple[float, dict[float, float]]:
+    """The paper's protocol: score every grid value on validation, keep the best (higher = better).
+
+    Ties go to the smaller value (the smaller edit of the pretrained model).
+    """
+    scores = {float(v): float(score(float(v))) for v in grid}
+    best = max(scores, key=lambda v: (scores[v], -v))
+    return best, scores
+
+
+def learn_layer_coefficients(model: torch.nn.Module, tasks: Sequence, pretrained: dict[str, Tensor],
+                             task_vectors: Sequence[dict[str, Tensor]], data: dict[str, Tensor], *,
+                             init: float, steps: int, lr: float = 1e-2, batch_size: int = 32,
+                             seed: int = 0) -> Tensor:
+    """AdaMerging-style diagnostic (Yang et al. 2024): learn one coefficient per (task vector, block).
+
+    θ_k = θ0_k + Σ_t λ[t, l(k)] τ_t,k, with l(k) the layer of parameter k (``merging.layer_index``),
+    trained with the multi-task loss through the *original* heads on a small labelled set. Where the
+    learned λ departs from the uniform ``init`` tells which blocks the heads need closer to which
+    task's finetuned weights. Returns λ as a (tasks, layers) tensor.
+    """
+    from simo.merging import layer_index
+    from simo.train import sample_batch, step_generator
+
+    vit = model.encoder.vit
+    n_layers = len(vit.blocks)
+    keys = [k for k, v in pretrained.items() if v.is_floating_point()]
+    layer = {k: layer_index(k, n_layers) for k in keys}
+    lam = torch.full((len(task_vectors), n_layers), float(init), requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=lr)
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    size = tuple(data["image"].shape[-2:])
+    for s in range(steps):
+        batch, _ = sample_batch(data, batch_size, step_generator(seed, s), flip=False)
+        params = {k: pretrained[k] + sum(lam[t, layer[k]] * tv[k]
+                                         for t, tv in enumerate(task_vectors)) for k in keys}
+        params.update({k: v for k, v in pretrained.items() if k not in params})
+        feats, cls = _merged_features(model.encoder, vit, params, batch["image"])
+        loss = sum(t.loss(model.heads[t.name](feats, cls, size), batch[t.target]) for t in tasks)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p, f in zip(model.parameters(), flags):
+        p.requires_grad_(f)
+    return lam.detach()
+
+
+def _merged_features(encoder: torch.nn.Module, vit: torch.nn.Module, params: dict[str, Tensor],
+                     images: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
+    from torch.func import functional_call
+
+    return functional_call(encoder, {f"vit.{k}": v for k, v in params.items()}, (images,),
+                           strict=False)

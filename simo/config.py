@@ -1,0 +1,245 @@
+"""Profiles: YAML files in ``profiles/`` loaded into frozen dataclasses, validated with clear errors.
+
+A profile fixes the scale of the whole study (``smoke`` for CI, ``tiny`` for the embedded default on
+a laptop CPU, ``gpu`` for paper settings). Notebooks never edit code to change scale: they name a
+profile and may override single knobs with dotted keys (``{"finetune.steps": 200}``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+from simo import paths
+from simo.errors import ConfigError, one_of
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "scenes"  # scenes | nyuv2 | cityscapes | taskonomy
+    data_root: str | None = None  # directory holding a real dataset (unused for scenes)
+    image_size: int = 48  # square side of rendered scenes
+    n_pretrain: int = 8000  # pretraining scenes (other distribution)
+    n_train: int = 3000
+    n_val: int = 500
+    n_test: int = 500
+    num_classes: int = 6  # segmentation classes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "vit_small_patch16_224"  # any timm ViT; size knobs below override it
+    patch_size: int = 8
+    embed_dim: int = 96
+    depth: int = 6
+    num_heads: int = 3
+    feature_blocks: tuple[int, ...] = (1, 3, 5)  # 0-based blocks whose outputs the heads read
+    use_cls: bool = True  # concatenate the CLS token (broadcast) to every block's patch features
+    head: str = "linear"  # linear | dpt
+    head_bn: bool = False  # BatchNorm before the linear head's 1x1 conv (official code: seg/normals)
+    weights: str | None = None  # local weights file (safetensors); None = pretrain on scenes
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    mask_ratio: float = 0.5  # SimMIM: fraction of patches replaced by the mask token
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    head_steps: int = 100  # phase 1: heads only, encoder frozen
+    steps: int = 1500  # phase 2: encoder + heads
+    batch_size: int = 32
+    lr: float = 1e-3  # encoder learning rate (phase 2)
+    head_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 20
+    grad_clip: float = 1.0
+    eval_every: int = 100  # validation curve resolution (steps)
+    ckpt_every: int = 250  # resumable checkpoints (steps)
+    n_eval: int = 500  # validation images used for the curves
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    lam_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    methods: tuple[str, ...] = ("weight_average", "task_arithmetic", "ties", "dare", "tall_mask",
+                                "consensus", "lines", "fisher")
+    ties_k: float = 20.0  # percent of each task vector kept by TIES (paper default; code uses 100)
+    dare_p: float = 0.5
+    fisher_batches: int = 8  # minibatches of the train split for the diagonal Fisher
+    n_select: int = 500  # validation images used to select lambda
+
+
+@dataclass(frozen=True)
+class RealignConfig:
+    n_samples: int = 500  # small labelled set (from the train split)
+    head_steps: int = 200  # head realignment on cached features of the frozen merged encoder
+    head_lr: float = 1e-3
+    batch_size: int = 32
+    adapter_rank: int = 16
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    tasks: tuple[str, ...] = ("segmentation", "depth", "normals")
+    seeds: tuple[int, ...] = (0,)
+    device: str = "cpu"  # cpu | cuda | auto
+    num_threads: int = 2
+    eval_batch_size: int = 128
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    merging: MergeConfig = field(default_factory=MergeConfig)
+    realign: RealignConfig = field(default_factory=RealignConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in paths.PROFILES.glob("*.yaml"))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against a field type; ints are accepted as floats, lists as tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e-3 as a string
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(one_of(key, names, f"key in {where}" if where else "key"))
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot override {dotted!r}: {p!r} is not a section")
+    node[leaf] = value
+
+
+def load_profile(name: str, overrides: Mapping[str, Any] | None = None) -> Profile:
+    """Load ``profiles/<name>.yaml``, apply dotted ``overrides``, validate every key and type."""
+    choices = available_profiles()
+    if name not in choices:
+        raise ConfigError(one_of(name, choices, "profile"))
+    raw = yaml.safe_load((paths.PROFILES / f"{name}.yaml").read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"profiles/{name}.yaml must be a mapping of settings")
+    raw.setdefault("name", name)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    profile = _build(Profile, raw, "")
+    _check_values(profile)
+    return profile
+
+
+def _check_values(p: Profile) -> None:
+    from simo.tasks import TASK_NAMES  # local: tasks imports torch
+
+    for t in p.tasks:
+        if t not in TASK_NAMES:
+            raise ConfigError(one_of(t, TASK_NAMES, "task"))
+    if len(set(p.tasks)) != len(p.tasks) or not p.tasks:
+        raise ConfigError(f"tasks must be a non-empty list without repeats, got {list(p.tasks)}")
+    if not p.seeds:
+        raise ConfigError("seeds must list at least one seed, e.g. seeds: [0]")
+    if p.device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(one_of(p.device, ("cpu", "cuda", "auto"), "device"))
+    if p.data.dataset not in DATASETS:
+        raise ConfigError(one_of(p.data.dataset, DATASETS, "dataset"))
+    if p.model.head not in ("linear", "dpt"):
+        raise ConfigError(one_of(p.model.head, ("linear", "dpt"), "model.head"))
+    for f in ("patch_size", "embed_dim", "depth", "num_heads"):
+        if getattr(p.model, f) < 1:
+            raise ConfigError(f"model.{f} must be >= 1, got {getattr(p.model, f)}")
+    if p.model.embed_dim % p.model.num_heads:
+        raise ConfigError(f"model.embed_dim ({p.model.embed_dim}) must be divisible by "
+                          f"model.num_heads ({p.model.num_heads})")
+    bad = [b for b in p.model.feature_blocks if not 0 <= b < p.model.depth]
+    if bad:
+        raise ConfigError(f"model.feature_blocks {bad} out of range for depth {p.model.depth}")
+    if not 0.0 < p.pretrain.mask_ratio < 1.0:
+        raise ConfigError(f"pretrain.mask_ratio must be in (0, 1), got {p.pretrain.mask_ratio}")
+    for sec in ("pretrain", "finetune", "realign"):
+        for f in dataclasses.fields(getattr(p, sec)):
+            v = getattr(getattr(p, sec), f.name)
+            if isinstance(v, (int, float)) and v < 0:
+                raise ConfigError(f"{sec}.{f.name} must be >= 0, got {v}")
+
+
+DATASETS = ("scenes", "nyuv2", "cityscapes", "taskonomy")
+
+
+def resolve(profile: str = "tiny", *, seed: int | None = None, tasks: Any = None,
+            dataset: str | None = None, data_root: str | None = None,
+            overrides: Mapping[str, Any] | None = None) -> Profile:
+    """Turn a notebook's ``parameters`` cell into a validated profile.
+
+    ``None`` keeps the profile's value; ``tasks`` may be a list or a comma-separated string
+    (papermill's ``-p tasks depth,normals``).
+    """
+    ov: dict[str, Any] = dict(overrides or {})
+    if not isinstance(profile, str):
+        raise ConfigError(f"profile must be a name such as 'tiny', got {profile!r}")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        ov["seeds"] = [seed]
+    if tasks is not None:
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+        ov["tasks"] = list(tasks)
+    if dataset is not None:
+        ov["data.dataset"] = dataset
+    if data_root is not None:
+        ov["data.data_root"] = str(data_root)
+    return load_profile(profile, ov)

@@ -1,0 +1,115 @@
+"""Datasets as in-memory tensor dicts, one function for every source: ``make_dataset``.
+
+The embedded default renders synthetic scenes (``simo.data.scenes``) once per configuration into
+the artifact cache, in the same MTAN on-disk layout as real NYUv2, and reads them back with the
+same loader (``simo.data.mtan``). A dataset is a ``dict[str, Tensor]`` in training layout:
+``image`` (N,3,H,W) float in [0,1]; ``label`` (N,H,W) int64, -1 ignore; ``depth`` (N,1,H,W), 0
+invalid; ``normal`` (N,3,H,W), zero invalid; ``edge`` and ``keypoint`` (N,1,H,W).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from simo import cache
+from simo.config import Profile
+from simo.errors import DataError, one_of
+
+SPLITS = ("pretrain", "train", "val", "test")
+# Fixed data seeds: the dataset is part of the study's definition; experiment seeds vary training.
+_SPLIT_SEEDS = {"pretrain": 1000, "train": 1001, "val": 1002, "test": 1003}
+_SPLIT_FIELDS = {"pretrain": ("image",)}
+
+
+def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, Tensor]:
+    """MTAN arrays (N,H,W,C) -> training tensors (N,C,H,W); labels int64."""
+    out: dict[str, Tensor] = {}
+    for k, a in arrays.items():
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if k == "label":
+            out[k] = t.long()
+        elif t.ndim == 4:
+            out[k] = t.float().permute(0, 3, 1, 2).contiguous()
+        else:
+            out[k] = t.float().unsqueeze(1)
+    return out
+
+
+def scenes_root(profile: Profile) -> Path:
+    """Render (once) and return the MTAN-layout directory of the profile's synthetic scenes."""
+    from simo.data import mtan, scenes
+
+    d = profile.data
+    cfg = {"size": d.image_size, "pretrain": d.n_pretrain, "train": d.n_train, "val": d.n_val,
+           "test": d.n_test, "seeds": _SPLIT_SEEDS}
+
+    def compute(out: Path, _partial: Path) -> None:
+        for split in SPLITS:
+            n = cfg[split]
+            dist = "pretrain" if split == "pretrain" else "task"
+            arrays = scenes.render_scenes(n, seed=_SPLIT_SEEDS[split], size=d.image_size,
+                                          distribution=dist, progress=True)
+            if split == "pretrain":
+                arrays = {"image": arrays["image"]}
+            mtan.write_split(out, split, arrays)
+
+    return cache.get_or_compute("scenes", cfg, compute, modules=("data.scenes",)).path
+
+
+def make_dataset(profile: Profile, split: str, fields: tuple[str, ...] | None = None,
+                 limit: int | None = None) -> dict[str, Tensor]:
+    """The ``split`` of the profile's dataset as tensors (``fields`` default: all it has).
+
+    The tensors are shared by every caller in this process (a split is read once): treat them as
+    read-only, or clone before editing in place.
+    """
+    from simo.data import mtan
+
+    if split not in SPLITS:
+        raise DataError(one_of(split, SPLITS, "split"))
+    name = profile.data.dataset
+    if name == "scenes":
+        root = scenes_root(profile)
+        fields = fields or _SPLIT_FIELDS.get(split, ("image", "label", "depth", "normal", "edge",
+                                                     "keypoint"))
+    else:
+        if not profile.data.data_root:
+            raise DataError(f"dataset {name!r} needs data_root: pass the directory that holds "
+                            f"{name}/ (e.g. -p data_root /data)")
+        root = Path(profile.data.data_root) / name
+        if not root.is_dir():
+            raise DataError(f"no {name}/ under data_root {profile.data.data_root}; expected "
+                            f"{root}/{{train,val}}/{{image,label,depth,normal}}/<i>.npy")
+        fields = fields or ("image", "label", "depth", "normal")
+    data = _read(str(root), split, tuple(fields))
+    if limit is not None:
+        data = {k: v[:limit] for k, v in data.items()}
+    if len(data["image"]) == 0:
+        raise DataError(f"split {split!r} of {name} is empty; check the profile's data sizes")
+    return data
+
+
+_MEMO: dict[tuple, dict[str, Tensor]] = {}
+
+
+def _read(root: str, split: str, fields: tuple[str, ...]) -> dict[str, Tensor]:
+    """Read a split once per process: notebooks ask for the same split many times."""
+    from simo.data import mtan
+
+    key = (root, split, fields)
+    if key not in _MEMO:
+        _MEMO[key] = to_tensors(mtan.read_split(root, split, fields))
+    return dict(_MEMO[key])
+
+
+def subset(data: dict[str, Tensor], n: int, seed: int) -> dict[str, Tensor]:
+    """A seeded random subset of ``n`` samples (small labelled sets for realignment)."""
+    total = len(data["image"])
+    if n > total:
+        raise DataError(f"asked for {n} samples but the split has {total}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(total, generator=g)[:n].sort().values
+    return {k: v[idx] for k, v in data.items()}

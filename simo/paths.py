@@ -1,0 +1,33 @@
+"""The one place that spells paths. Notebooks and modules ask here; nothing else builds a path.
+
+``SIMO_CACHE`` moves the artifact cache (tests point it at a temporary directory).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ROOT / "profiles"
+NOTEBOOKS = ROOT / "notebooks"
+FIGURES = ROOT / "figures"
+BUILD = ROOT / "build"
+
+
+def cache_root() -> Path:
+    """Artifact cache: ``$SIMO_CACHE`` if set, else ``<repo>/.cache``."""
+    return Path(os.environ.get("SIMO_CACHE", ROOT / ".cache"))
+
+
+def figures_dir(profile: str, notebook: str) -> Path:
+    """Where a notebook's figures go: committed for tiny and gpu, scratch space for smoke.
+
+    tiny is the embedded default, so its figures sit at ``figures/<notebook>/`` (the README gallery);
+    any other profile writes under ``figures/<profile>/<notebook>/``, except smoke, which is a CI
+    check and writes to ``build/`` so it never overwrites committed figures.
+    """
+    if profile == "tiny":
+        return FIGURES / notebook
+    if profile == "smoke":
+        return BUILD / "figures-smoke" / notebook
+    return FIGURES / profile / notebook

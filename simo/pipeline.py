@@ -1,0 +1,267 @@
+"""Get-or-compute steps of the study, each cached by its inputs (see :mod:`simo.cache`).
+
+profile -> scenes -> ``pretrained`` encoder -> ``finetuned`` single-task models -> (merging,
+realignment, previews in later notebooks). Every notebook calls these, so each notebook runs
+alone and a batch run reuses work: the first notebook that needs a finetune trains it, the next
+one loads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from simo import cache
+from simo.config import Profile
+from simo.data import make_dataset
+from simo.errors import TaskError, one_of
+from simo.models import MultiTaskModel, build_model
+from simo.tasks import Task, get_task, get_tasks
+from simo.train import evaluate, finetune, pretrain
+
+INITS = ("pretrained", "scratch")
+_TRAIN_CODE = ("train", "models", "tasks", "data.__init__")
+
+
+def tasks_of(profile: Profile, names: Sequence[str] | None = None) -> list[Task]:
+    return get_tasks(list(names or profile.tasks), num_classes=profile.data.num_classes)
+
+
+def _data_cfg(profile: Profile) -> dict:
+    return dataclasses.asdict(profile.data)
+
+
+def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
+    """The pretrained encoder: SimMIM on the pretraining scenes, or ``model.weights`` from disk.
+
+    Tensors are the timm ViT state dict (``vit`` keys); meta holds the pretraining curve.
+    """
+    from simo.models.encoder import build_encoder
+
+    m = profile.model
+    if m.weights:
+        w = Path(m.weights)
+        cfg = {"model": dataclasses.asdict(m), "image_size": profile.data.image_size,
+               "file": str(w.resolve()), "bytes": w.stat().st_size if w.is_file() else -1}
+
+        def load(out: Path, _partial: Path) -> None:
+            enc = build_encoder(m, profile.data.image_size)
+            cache.save_tensors(out / cache.TENSORS, enc.vit.state_dict())
+            cache.save_json(out / cache.META, {"source": str(w), "history": []})
+
+        return cache.get_or_compute("weights", cfg, load, modules=("models",))
+
+    cfg = {"data": _data_cfg(profile), "model": dataclasses.asdict(m),
+           "pretrain": dataclasses.asdict(profile.pretrain), "seed": 0}
+
+    def compute(out: Path, partial: Path) -> None:
+        images = make_dataset(profile, "pretrain")["image"]
+        enc = build_encoder(m, profile.data.image_size, seed=0)
+        res = pretrain(enc.vit, images, profile.pretrain, seed=0, partial_dir=partial,
+                       progress=progress)
+        cache.save_tensors(out / cache.TENSORS, enc.vit.state_dict())
+        cache.save_json(out / cache.META, {"history": res.history, "steps": res.steps,
+                                           "samples": res.samples, "seconds": res.seconds})
+
+    return cache.get_or_compute("pretrained", cfg, compute, modules=("train", "models", "data"))
+
+
+def model_from(profile: Profile, tasks: Sequence[Task], encoder: dict[str, torch.Tensor],
+               heads: dict[str, dict[str, torch.Tensor]] | None = None,
+               seed: int = 0) -> MultiTaskModel:
+    """Assemble a model from an encoder state dict and per-task head state dicts."""
+    model = build_model(profile, tasks, seed=seed)
+    model.encoder.vit.load_state_dict(encoder)
+    for name, sd in (heads or {}).items():
+        model.heads[name].load_state_dict(sd)
+    return model.eval()
+
+
+def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
+              init: str = "pretrained", progress: bool = True) -> cache.Artifact:
+    """A finetuned model (two-phase, AdamW, warm-up + cosine) for one task or several (joint MTL).
+
+    Tensors: ``encoder.<vit key>`` and ``head.<task>.<key>``; meta: validation curve, optimizer
+    steps, distinct samples seen, wall seconds, and final ``val``/``test`` metrics.
+    """
+    names = [task] if isinstance(task, str) else list(task)
+    if init not in INITS:
+        raise TaskError(one_of(init, INITS, "init"))
+    tasks = tasks_of(profile, names)
+    base = pretrained(profile, progress) if init == "pretrained" else None
+    cfg = {"data": _data_cfg(profile), "model": dataclasses.asdict(profile.model),
+           "finetune": dataclasses.asdict(profile.finetune), "tasks": names, "seed": seed,
+           "init": init, "pretrained": base.key if base else None}
+
+    def compute(out: Path, partial: Path) -> None:
+        model = build_model(profile, tasks, seed=seed)
+        if base is not None:
+            model.encoder.vit.load_state_dict(base.tensors())
+        train, val = make_dataset(profile, "train"), make_dataset(profile, "val")
+        res = finetune(model, tasks, train, val, profile.finetune, seed=seed,
+                       eval_batch_size=profile.eval_batch_size, partial_dir=partial,
+                       desc=f"{'+'.join(names)} ({init}, seed {seed})", progress=progress)
+        test = make_dataset(profile, "test")
+        tensors = {f"encoder.{k}": v for k, v in model.encoder.vit.state_dict().items()}
+        for t in tasks:
+            tensors.update({f"head.{t.name}.{k}": v
+                            for k, v in model.heads[t.name].state_dict().items()})
+        cache.save_tensors(out / cache.TENSORS, tensors)
+        cache.save_json(out / cache.META, {
+            "history": res.history, "steps": res.steps, "samples": res.samples,
+            "seconds": res.seconds,
+            "val": evaluate(model, tasks, val, profile.eval_batch_size),
+            "test": evaluate(model, tasks, test, profile.eval_batch_size)})
+
+    step = "finetuned" if len(names) == 1 else "multitask"
+    return cache.get_or_compute(step, cfg, compute, modules=_TRAIN_CODE)
+
+
+def heads_of(art: cache.Artifact) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-task head state dicts of a finetuned artifact."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in art.tensors("head.").items():
+        task, key = k.split(".", 1)
+        out.setdefault(task, {})[key] = v
+    return out
+
+
+def load_finetuned(profile: Profile, art: cache.Artifact) -> MultiTaskModel:
+    """The model stored in a finetuned artifact."""
+    heads = heads_of(art)
+    return model_from(profile, tasks_of(profile, list(heads)), art.tensors("encoder."), heads)
+
+
+# ------------------------------------------------------------------ merging + evaluation -----------
+
+def single_task_models(profile: Profile, seed: int = 0,
+                       progress: bool = True) -> dict[str, cache.Artifact]:
+    """The finetuned single-task model of every task of the profile (cached: 01 trains them)."""
+    return {t: finetuned(profile, t, seed=seed, progress=progress) for t in profile.tasks}
+
+
+def encoders_for(method: str, pretrained_sd: dict, finetuned_sds: list[dict], task_names: list[str],
+                 **params) -> dict[str, dict[str, torch.Tensor]]:
+    """The encoder each task is evaluated with after merging.
+
+    One shared encoder for every method except ``tall_mask``, whose TALL masks give each task its
+    own encoder (evaluated with that task's head).
+    """
+    from simo.merging import merge
+
+    if method == "tall_mask":
+        return {t: merge(method, pretrained_sd, finetuned_sds, task=i, **params)
+                for i, t in enumerate(task_names)}
+    shared = merge(method, pretrained_sd, finetuned_sds, **params)
+    return {t: shared for t in task_names}
+
+
+def evaluate_encoders(profile: Profile, tasks: Sequence[Task], encoders: dict[str, dict],
+                      heads: dict[str, dict], data: dict) -> dict[str, dict[str, float]]:
+    """Metrics of each task's head on its encoder (shared encoders are run once)."""
+    groups: dict[int, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(id(encoders[t.name]), []).append(t)
+    out: dict[str, dict[str, float]] = {}
+    for ts in groups.values():
+        model = model_from(profile, ts, encoders[ts[0].name], {t.name: heads[t.name] for t in ts})
+        out.update(evaluate(model, ts, data, profile.eval_batch_size))
+    return out
+
+
+def realign_heads(profile: Profile, tasks: Sequence[Task], encoders: dict[str, dict],
+                  heads: dict[str, dict], data: dict, seed: int = 0) -> dict[str, dict]:
+    """Head realignment on each (merged) encoder: heads start from ``heads``, encoder frozen."""
+    from simo.train import retrain_heads
+
+    r = profile.realign
+    new: dict[str, dict] = {}
+    groups: dict[int, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(id(encoders[t.name]), []).append(t)
+    for ts in groups.values():
+        model = model_from(profile, ts, encoders[ts[0].name], {t.name: heads[t.name] for t in ts})
+        retrain_heads(model, ts, data, steps=r.head_steps, lr=r.head_lr, batch_size=r.batch_size,
+                      seed=seed, eval_batch_size=profile.eval_batch_size)
+        new.update({t.name: {k: v.clone() for k, v in model.heads[t.name].state_dict().items()}
+                    for t in ts})
+    return new
+
+
+def fisher_of(profile: Profile, art: cache.Artifact, task: str, seed: int = 0) -> dict:
+    """Diagonal (empirical) Fisher of a single-task model's encoder on its own task's loss."""
+    from simo.merging import fisher_diagonal
+    from simo.train import sample_batch, step_generator
+
+    model = load_finetuned(profile, art)
+    t = tasks_of(profile, [task])[0]
+    train = make_dataset(profile, "train")
+    batches = [sample_batch(train, profile.finetune.batch_size, step_generator(seed, i), False)[0]
+               for i in range(profile.merging.fisher_batches)]
+    f = fisher_diagonal(model.encoder.vit, batches,
+                        lambda _vit, b: t.loss(model(b["image"])[task], b[t.target]))
+    return {k: f.get(k, torch.zeros_like(v)) for k, v in model.encoder.vit.state_dict().items()}
+
+
+@dataclasses.dataclass
+class MergeSetup:
+    """Everything a merge needs, gathered once: θ0, the finetuned encoders, heads, Fishers.
+
+    ``encoders(method, lam)`` gives each task's merged encoder with the profile's method knobs;
+    ``evaluate`` and ``realigned`` score it with the original or the realigned heads.
+    """
+
+    profile: Profile
+    tasks: list[Task]
+    pretrained: dict[str, torch.Tensor]
+    finetuned: list[dict[str, torch.Tensor]]
+    heads: dict[str, dict[str, torch.Tensor]]
+    seed: int = 0
+    fishers: list[dict] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def params(self, method: str, lam: float) -> dict:
+        from simo.merging import method_params
+
+        m = self.profile.merging
+        p: dict = {"ties": {"k": m.ties_k}, "dare": {"p": m.dare_p, "seed": self.seed}}.get(method, {})
+        if method == "fisher":
+            p["fishers"] = self.fishers
+        if "lam" in method_params(method):
+            p["lam"] = lam
+        return p
+
+    def encoders(self, method: str, lam: float = 1.0) -> dict[str, dict[str, torch.Tensor]]:
+        if method == "single_task":
+            return dict(zip(self.names, self.finetuned))
+        return encoders_for(method, self.pretrained, self.finetuned, self.names,
+                            **self.params(method, lam))
+
+    def evaluate(self, method: str, lam: float, data: dict,
+                 heads: dict | None = None) -> dict[str, dict[str, float]]:
+        return evaluate_encoders(self.profile, self.tasks, self.encoders(method, lam),
+                                 heads or self.heads, data)
+
+    def realigned(self, method: str, lam: float, data: dict,
+                  small: dict) -> dict[str, dict[str, float]]:
+        """Metrics on ``data`` after head realignment on ``small`` (heads start from the originals)."""
+        enc = self.encoders(method, lam)
+        heads = realign_heads(self.profile, self.tasks, enc, self.heads, small, self.seed)
+        return evaluate_encoders(self.profile, self.tasks, enc, heads, data)
+
+
+def merge_setup(profile: Profile, seed: int = 0, with_fisher: bool = False) -> MergeSetup:
+    """Load the pretrained encoder and every single-task model of the profile (training if needed)."""
+    single = single_task_models(profile, seed)
+    names = list(profile.tasks)
+    setup = MergeSetup(profile, tasks_of(profile), pretrained(profile).tensors(),
+                       [single[t].tensors("encoder.") for t in names],
+                       {t: heads_of(single[t])[t] for t in names}, seed)
+    if with_fisher:
+        setup.fishers = [fisher_of(profile, single[t], t, seed) for t in names]
+    return setup

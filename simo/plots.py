@@ -1,0 +1,141 @@
+"""One plotting style and the one helper that saves figures and results with provenance.
+
+``save_figure(fig, notebook, name)`` writes ``figures/<notebook>/<name>.png`` (and ``.pdf``) for
+the active profile; ``save_results(notebook, results)`` writes ``results.json`` next to them.
+Both embed no timestamps, so regenerating with the same code, profile and seed changes nothing.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from simo import paths  # noqa: E402
+
+_ACTIVE = {"profile": "tiny", "seed": 0}
+WRITTEN: list[Path] = []  # figures written by this process (the runner's summary reads them)
+
+
+def set_style() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 90, "savefig.dpi": 110, "savefig.bbox": "tight",
+                         "axes.titlesize": "medium"})
+
+
+def activate(profile: str, seed: int) -> None:
+    """Tell the helpers which profile's figure directory to use (set by notebook setup)."""
+    _ACTIVE.update(profile=profile, seed=seed)
+
+
+def figure_dir(notebook: str) -> Path:
+    d = paths.figures_dir(_ACTIVE["profile"], notebook)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def save_figure(fig: Any, notebook: str, name: str, pdf: bool = False) -> Path:
+    """Save ``fig`` as PNG (and PDF if asked) under the notebook's figure directory."""
+    d = figure_dir(notebook)
+    png = d / f"{name}.png"
+    fig.savefig(png, metadata={"Software": None})
+    if pdf:
+        fig.savefig(d / f"{name}.pdf", metadata={"CreationDate": None, "Producer": None})
+    WRITTEN.append(png)
+    return png
+
+
+def provenance() -> dict[str, Any]:
+    """Where a result came from: code commit, package versions, device. No timestamps."""
+    import numpy
+    import timm
+    import torch
+
+    import simo
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=paths.ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"git_commit": commit, "profile": _ACTIVE["profile"], "seed": _ACTIVE["seed"],
+            "device": device, "machine": platform.machine(),
+            "versions": {"simo": simo.__version__, "torch": torch.__version__,
+                         "timm": timm.__version__, "numpy": numpy.__version__,
+                         "python": platform.python_version()}}
+
+
+def save_results(notebook: str, results: dict[str, Any]) -> Path:
+    """Write ``results.json`` (sorted keys, rounded floats) with provenance under ``meta``."""
+    path = figure_dir(notebook) / "results.json"
+    payload = {**_round(results), "meta": provenance()}
+    path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _round(obj: Any, digits: int = 6) -> Any:
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {str(k): _round(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round(v, digits) for v in obj]
+    return obj
+
+
+def show_field(ax: Any, field: str, value: Any, num_classes: int = 6) -> None:
+    """Draw one sample's field (HxW or HxWxC numpy array) in a readable colour map."""
+    import numpy as np
+
+    v = np.asarray(value)
+    if field == "image":
+        ax.imshow(np.clip(v, 0, 1))
+    elif field == "label":
+        cmap = matplotlib.colors.ListedColormap(sns.color_palette("tab10", num_classes))
+        ax.imshow(np.ma.masked_less(v, 0), cmap=cmap, vmin=-0.5, vmax=num_classes - 0.5,
+                  interpolation="nearest")
+    elif field == "normal":
+        ax.imshow(np.clip((v + 1) / 2, 0, 1) * (np.linalg.norm(v, axis=-1, keepdims=True) > 0))
+    elif field == "depth":
+        ax.imshow(np.ma.masked_equal(v, 0), cmap="magma_r")
+    else:
+        ax.imshow(v, cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def to_hwc(field: str, t: Any) -> Any:
+    """One sample's tensor in training layout -> numpy array for ``show_field``."""
+    if t.ndim == 3 and t.shape[0] in (1, 3):
+        t = t.permute(1, 2, 0)
+        if t.shape[-1] == 1:
+            t = t[..., 0]
+    return t.detach().cpu().numpy()
+
+
+def sample_grid(rows: Sequence[dict], fields: Sequence[str], num_classes: int = 6,
+                kinds: Sequence[str] | None = None) -> Any:
+    """A figure with one row per sample dict and one column per field (labels or predictions).
+
+    ``kinds`` says how to draw each column (a field name of ``scenes.FIELDS``); default: the field.
+    """
+    import numpy as np
+
+    fig, axes = plt.subplots(len(rows), len(fields), figsize=(1.6 * len(fields), 1.6 * len(rows)),
+                             squeeze=False)
+    for r, sample in enumerate(rows):
+        for c, f in enumerate(fields):
+            kind = (kinds or fields)[c]
+            show_field(axes[r, c], kind, to_hwc(kind, sample[f]), num_classes)
+            if r == 0:
+                axes[r, c].set_title(f)
+    fig.tight_layout()
+    return fig

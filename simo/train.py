@@ -1,0 +1,407 @@
+"""One training loop for every regime: SimMIM pretraining, single-task (two-phase), weighted multi-task.
+
+The core, :func:`run_phases`, owns what every regime shares: AdamW with linear warm-up + cosine
+decay (a one-cycle shape), gradient clipping, NaN detection, a validation curve, progress bars and
+resumable checkpoints. Regimes differ only in which parameters train and what the loss is.
+
+Determinism and resume: the minibatch of global step ``s`` is drawn from a generator seeded with
+``(seed, s)``, so a run resumed from a checkpoint at step ``s`` continues exactly as the
+uninterrupted run would (model + optimizer state are restored bit for bit).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from simo import cache
+from simo.errors import TrainingError
+from simo.tasks import Task
+
+Batch = dict[str, Tensor]
+
+
+# ------------------------------------------------------------------ pieces -------------------------
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total`` (a one-cycle shape)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def sample_batch(data: Batch, batch_size: int, g: torch.Generator, flip: bool = True) -> tuple[Batch, Tensor]:
+    """A random minibatch (with replacement) and its indices; optional horizontal flips.
+
+    Flipping mirrors every spatial field and negates the x component of surface normals.
+    """
+    n = len(next(iter(data.values())))
+    idx = torch.randint(n, (batch_size,), generator=g)
+    batch = {k: v[idx] for k, v in data.items()}
+    if flip:
+        f = torch.rand(batch_size, generator=g) < 0.5
+        for k, v in batch.items():
+            batch[k] = torch.where(f.view(-1, *[1] * (v.ndim - 1)), v.flip(-1), v)
+        if "normal" in batch:
+            sign = torch.ones(batch_size, 3, 1, 1)
+            sign[f, 0] = -1.0
+            batch["normal"] = batch["normal"] * sign
+    return batch, idx
+
+
+LossFn = Callable[[Batch, torch.Generator], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass
+class Phase:
+    """``steps`` optimizer steps of ``loss_fn`` on ``groups`` (AdamW param groups with base ``lr``).
+
+    ``loss_fn(batch, generator)`` returns the scalar loss and a dict of floats to log.
+    """
+
+    name: str
+    steps: int
+    groups: list[dict]
+    loss_fn: LossFn
+    warmup: int = 0
+
+
+@dataclass
+class LoopResult:
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    samples: int = 0  # distinct training samples seen
+    seconds: float = 0.0
+
+
+def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"opt/{pid}/{name}"] = v
+            else:
+                scalars[f"{pid}/{name}"] = v
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"scalars": scalars, "groups": groups}
+
+
+def _opt_load(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], info: dict) -> None:
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt/"):
+            _, pid, name = k.split("/", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for k, v in info["scalars"].items():
+        pid, name = k.split("/", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": info["groups"]})
+
+
+class Checkpointer:
+    """Resumable state in ``partial_dir``: model + optimizer tensors, JSON for the rest."""
+
+    def __init__(self, partial_dir: Path | None, every: int):
+        self.dir = Path(partial_dir) if partial_dir else None
+        self.every = every
+
+    def due(self, step: int) -> bool:
+        return self.dir is not None and self.every > 0 and step % self.every == 0
+
+    def save(self, module: nn.Module, opt: torch.optim.Optimizer, state: dict,
+             seen: Tensor) -> None:
+        tensors, info = _opt_tensors(opt)
+        tensors.update({f"model/{k}": v for k, v in module.state_dict().items()})
+        tensors["seen"] = seen
+        cache.save_tensors(self.dir / "ckpt.safetensors", tensors)
+        cache.save_json(self.dir / "ckpt.json", {**state, "opt": info})
+
+    def load(self) -> tuple[dict[str, Tensor], dict] | None:
+        if self.dir is None or not (self.dir / "ckpt.json").is_file():
+            return None
+        info = cache.load_json(self.dir / "ckpt.json")
+        tensors = cache.load_tensors(self.dir / "ckpt.safetensors")
+        return tensors, info
+
+
+def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
+               batch_size: int, seed: int, weight_decay: float = 0.0, grad_clip: float = 0.0,
+               eval_fn: Callable[[], dict] | None = None, eval_every: int = 0,
+               partial_dir: Path | None = None, ckpt_every: int = 0, flip: bool = True,
+               desc: str = "train", progress: bool = True) -> LoopResult:
+    """Run phases back to back; each phase gets a fresh AdamW and its own warm-up/cosine schedule.
+
+    Parameters not listed in the current phase's groups are frozen for that phase. ``eval_fn`` is called every
+    ``eval_every`` steps and at the end; its dict lands in the history.
+    """
+    total = sum(p.steps for p in phases)
+    n = len(next(iter(data.values())))
+    result = LoopResult()
+    seen = torch.zeros(n, dtype=torch.bool)
+    ckpt = Checkpointer(partial_dir, ckpt_every)
+    start, resumed = 0, ckpt.load()
+    if resumed is not None:
+        tensors, info = resumed
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        seen = tensors["seen"]
+        start, result.history = info["step"], info["history"]
+    t0 = time.perf_counter()
+    was_trainable = [p.requires_grad for p in module.parameters()]
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, leave=False)
+    step_base = 0
+    running: list[float] = []
+    for phase in phases:
+        if start >= step_base + phase.steps:
+            step_base += phase.steps
+            continue
+        params = [p for g in phase.groups for p in g["params"]]
+        trainable = {id(p) for p in params}
+        for p in module.parameters():
+            p.requires_grad_(id(p) in trainable)
+        opt = torch.optim.AdamW([{**g} for g in phase.groups], weight_decay=weight_decay)
+        if resumed is not None and start > step_base:
+            _opt_load(opt, resumed[0], resumed[1]["opt"])
+        for s in range(max(0, start - step_base), phase.steps):
+            gstep = step_base + s
+            f = lr_factor(s, phase.steps, phase.warmup)
+            for g, spec in zip(opt.param_groups, phase.groups):
+                g["lr"] = spec["lr"] * f
+            gen = step_generator(seed, gstep)
+            batch, idx = sample_batch(data, batch_size, gen, flip)
+            seen[idx] = True
+            module.train()
+            loss, logs = phase.loss_fn(batch, gen)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{desc}: loss became {loss.item()} at step {gstep} "
+                                    f"({phase.name} phase); lower the learning rate or check the "
+                                    "data for NaN/inf values")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            running.append(loss.item())
+            bar.update(1)
+            done = gstep + 1
+            if eval_fn is not None and eval_every > 0 and (done % eval_every == 0 or done == total):
+                rec = {"step": done, "phase": phase.name,
+                       "train_loss": sum(running) / len(running), **logs}
+                module.eval()
+                rec.update(eval_fn())
+                result.history.append(rec)
+                running = []
+            if ckpt.due(done) and done < total:
+                ckpt.save(module, opt, {"step": done, "history": result.history}, seen)
+        step_base += phase.steps
+    bar.close()
+    for p, flag in zip(module.parameters(), was_trainable):
+        p.requires_grad_(flag)
+    module.eval()
+    result.steps = total
+    result.samples = int(seen.sum())
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# ------------------------------------------------------------------ evaluation ---------------------
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, data: Batch, batch_size: int,
+                    tasks: Sequence[str] | None = None) -> Iterable[tuple[dict[str, Tensor], Batch]]:
+    model.eval()
+    n = len(data["image"])
+    for i in range(0, n, batch_size):
+        batch = {k: v[i:i + batch_size] for k, v in data.items()}
+        yield model(batch["image"], tasks), batch
+
+
+def evaluate(model: nn.Module, tasks: Sequence[Task], data: Batch,
+             batch_size: int = 128) -> dict[str, dict[str, float]]:
+    """Dataset-level metrics ``{task: {metric: value}}`` of a multi-head model."""
+    states = {t.name: t.new_state() for t in tasks}
+    for preds, batch in predict_batches(model, data, batch_size, [t.name for t in tasks]):
+        for t in tasks:
+            t.update(states[t.name], preds[t.name], batch[t.target])
+    return {t.name: t.compute(states[t.name]) for t in tasks}
+
+
+# ------------------------------------------------------------------ regimes ------------------------
+
+def multitask_loss(model: nn.Module, tasks: Sequence[Task], weights: Mapping[str, float],
+                   encoder_frozen: bool = False) -> Callable:
+    """Σ_t w_t ℓ_t over the model's heads; with a frozen encoder its forward runs without grad."""
+
+    def loss_fn(batch: Batch, _g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        x = batch["image"]
+        if encoder_frozen:
+            with torch.no_grad():
+                feats, cls = model.encoder(x)
+        else:
+            feats, cls = model.encoder(x)
+        total = torch.zeros(())
+        logs = {}
+        for t in tasks:
+            if weights.get(t.name, 0.0) == 0.0:
+                continue
+            pred = model.heads[t.name](feats, cls, x.shape[-2:])
+            lt = t.loss(pred, batch[t.target])
+            logs[f"loss/{t.name}"] = lt.item()
+            total = total + weights[t.name] * lt
+        return total, logs
+
+    return loss_fn
+
+
+def finetune(model: nn.Module, tasks: Sequence[Task], train: Batch, val: Batch, cfg,
+             *, seed: int, weights: Mapping[str, float] | None = None, eval_batch_size: int = 128,
+             partial_dir: Path | None = None, desc: str = "finetune",
+             progress: bool = True) -> LoopResult:
+    """Two-phase finetuning (``cfg`` is a FinetuneConfig): heads alone, then encoder + heads.
+
+    The head phase gives every head a trained start, also those whose weight is 0 in a weighted
+    multi-task run, so no head is untrained at the ends of an alpha grid.
+    """
+    weights = dict(weights or {t.name: 1.0 for t in tasks})
+    head_params = [p for t in tasks for p in model.heads[t.name].parameters()]
+    enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    head_loss = multitask_loss(model, tasks, {t.name: 1.0 for t in tasks}, encoder_frozen=True)
+    phases = [Phase("head", cfg.head_steps, [{"params": head_params, "lr": cfg.head_lr}],
+                    head_loss),
+              Phase("full", cfg.steps, [{"params": enc_params, "lr": cfg.lr},
+                                        {"params": head_params, "lr": cfg.head_lr}],
+                    multitask_loss(model, tasks, weights), cfg.warmup)]
+    val_sub = {k: v[:cfg.n_eval] for k, v in val.items()}
+
+    def eval_fn() -> dict:
+        return {"val": evaluate(model, tasks, val_sub, eval_batch_size)}
+
+    return run_phases(model, phases, train, batch_size=cfg.batch_size, seed=seed,
+                      weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_fn=eval_fn,
+                      eval_every=cfg.eval_every, partial_dir=partial_dir,
+                      ckpt_every=cfg.ckpt_every, desc=desc, progress=progress)
+
+
+# ------------------------------------------------------------------ pretraining --------------------
+
+class SimMIM(nn.Module):
+    """Masked-image modelling (Xie et al. 2022): mask patches, regress their pixels (L1).
+
+    Wraps the encoder's timm ViT with a learned mask token and a linear pixel decoder; only the
+    ViT's weights are kept afterwards.
+    """
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+        c, p = vit.embed_dim, vit.patch_embed.patch_size[0]
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Linear(c, p * p * 3)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        v = self.vit
+        tokens = v.patch_embed(x)  # (B, H', W', C) with dynamic_img_size, else (B, N, C)
+        tokens = tokens.flatten(1, -2) if tokens.ndim == 4 else tokens
+        tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
+        side = int(tokens.shape[1] ** 0.5)
+        tokens = v._pos_embed(tokens.view(len(x), side, side, -1) if v.dynamic_img_size else tokens)
+        tokens = v.norm(v.blocks(v.norm_pre(v.patch_drop(tokens))))
+        return self.decoder(tokens[:, v.num_prefix_tokens:])
+
+    def loss(self, x: Tensor, mask_ratio: float, g: torch.Generator) -> Tensor:
+        p = self.vit.patch_embed.patch_size[0]
+        b, _, h, w = x.shape
+        n = (h // p) * (w // p)
+        n_mask = int(round(mask_ratio * n))
+        order = torch.rand(b, n, generator=g).argsort(dim=1)
+        mask = torch.zeros(b, n, dtype=torch.bool)
+        mask.scatter_(1, order[:, :n_mask], True)
+        pred = self(x, mask)
+        target = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # (B, N, 3*p*p)
+        return (pred - target).abs()[mask].mean()
+
+
+def pretrain(vit: nn.Module, images: Tensor, cfg, *, seed: int, partial_dir: Path | None = None,
+             progress: bool = True) -> LoopResult:
+    """SimMIM pretraining of ``vit`` in place on ``images`` (N,3,H,W); ``cfg``: PretrainConfig."""
+    torch.manual_seed(seed)
+    model = SimMIM(vit)
+
+    def loss_fn(batch: Batch, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        return model.loss(batch["image"], cfg.mask_ratio, g), {}
+
+    val = images[:256]
+
+    def eval_fn() -> dict:
+        with torch.no_grad():
+            return {"val_loss": model.loss(val, cfg.mask_ratio, step_generator(seed, -1)).item()}
+
+    trainable = [p for n, p in model.named_parameters()]
+    phases = [Phase("pretrain", cfg.steps, [{"params": trainable, "lr": cfg.lr}], loss_fn,
+                    cfg.warmup)]
+    return run_phases(model, phases, {"image": images}, batch_size=cfg.batch_size, seed=seed,
+                      weight_decay=cfg.weight_decay, grad_clip=1.0, eval_fn=eval_fn,
+                      eval_every=max(1, cfg.steps // 20), partial_dir=partial_dir,
+                      ckpt_every=max(1, cfg.steps // 8), desc="pretrain (SimMIM)",
+                      progress=progress)
+
+
+# ------------------------------------------------------------------ head realignment ---------------
+
+@torch.no_grad()
+def encode(encoder: nn.Module, images: Tensor, batch_size: int = 128) -> dict[str, Tensor]:
+    """Features of a frozen encoder as a flat dict (``f0..``, ``c0..``): computed once, reused."""
+    encoder.eval()
+    parts: list[tuple[list[Tensor], list[Tensor | None]]] = []
+    for i in range(0, len(images), batch_size):
+        parts.append(encoder(images[i:i + batch_size]))
+    out = {}
+    for j in range(len(parts[0][0])):
+        out[f"f{j}"] = torch.cat([p[0][j] for p in parts])
+        if parts[0][1][j] is not None:
+            out[f"c{j}"] = torch.cat([p[1][j] for p in parts])
+    return out
+
+
+def _unpack(batch: Batch) -> tuple[list[Tensor], list[Tensor | None]]:
+    n = sum(1 for k in batch if k.startswith("f") and k[1:].isdigit())
+    return [batch[f"f{j}"] for j in range(n)], [batch.get(f"c{j}") for j in range(n)]
+
+
+def retrain_heads(model: nn.Module, tasks: Sequence[Task], data: Batch, *, steps: int, lr: float,
+                  batch_size: int, seed: int, eval_batch_size: int = 128,
+                  progress: bool = False) -> LoopResult:
+    """Head realignment: freeze the (merged) encoder, retrain each head on a small labelled set.
+
+    Features are computed once on ``data`` (no augmentation: ViT features are not flip
+    equivariant), so a step costs only the heads. Heads start from their current weights (the
+    original single-task heads), which beats fresh heads (DESIGN.md, trap 5).
+    """
+    feats = encode(model.encoder, data["image"], eval_batch_size)
+    table = {**feats, **{t.target: data[t.target] for t in tasks}}
+    size = tuple(data["image"].shape[-2:])
+
+    def loss_fn(batch: Batch, _g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        f, c = _unpack(batch)
+        total = torch.zeros(())
+        for t in tasks:
+            total = total + t.loss(model.heads[t.name](f, c, size), batch[t.target])
+        return total, {}
+
+    params = [p for t in tasks for p in model.heads[t.name].parameters()]
+    phase = Phase("heads", steps, [{"params": params, "lr": lr}], loss_fn)
+    return run_phases(model, [phase], table, batch_size=batch_size, seed=seed, flip=False,
+                      desc="head realignment", progress=progress)

@@ -1,0 +1,206 @@
+"""Profiles load, overrides apply, and every mistake is a one-line ConfigError that says what to fix."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from simo import paths
+from simo.config import (DATASETS, Profile, available_profiles, load_profile, resolve)
+from simo.errors import ConfigError
+from simo.tasks import TASK_NAMES
+
+
+def _err(name: str = "smoke", overrides=None, **kw) -> str:
+    """The message of the ConfigError raised by loading ``name`` with ``overrides``; one line."""
+    with pytest.raises(ConfigError) as ei:
+        if kw:
+            resolve(name, overrides=overrides, **kw)
+        else:
+            load_profile(name, overrides)
+    msg = str(ei.value)
+    assert msg and "\n" not in msg, f"not a one-line message: {msg!r}"
+    return msg
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def test_profiles_directory_is_listed():
+    names = available_profiles()
+    assert {"smoke", "tiny"} <= set(names)
+    assert names == sorted(p.stem for p in paths.PROFILES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_profile_loads_and_is_valid(name):
+    p = load_profile(name)
+    assert isinstance(p, Profile)
+    assert p.name == name
+    assert p.tasks and set(p.tasks) <= set(TASK_NAMES)
+    assert p.data.dataset in DATASETS
+    assert p.model.embed_dim % p.model.num_heads == 0
+    assert all(0 <= b < p.model.depth for b in p.model.feature_blocks)
+    assert isinstance(p.model.feature_blocks, tuple) and isinstance(p.tasks, tuple)
+    assert isinstance(p.finetune.lr, float) and isinstance(p.pretrain.lr, float)
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_yaml_values_reach_the_profile(name):
+    raw = yaml.safe_load((paths.PROFILES / f"{name}.yaml").read_text())
+    p = load_profile(name)
+    for key, value in raw.items():
+        sections = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in sections:
+            got = getattr(p, key) if sub is None else getattr(getattr(p, key), sub)
+            want = tuple(v) if isinstance(v, list) else v
+            assert got == want, (key, sub)
+
+
+def test_float_written_with_exponent_parses():
+    # tiny.yaml writes lr: 1.0e-3; a string such as "1e-3" (how YAML reads 1e-3) parses too
+    assert load_profile("tiny").pretrain.lr == pytest.approx(1e-3)
+    assert load_profile("smoke", {"finetune.lr": "1e-3"}).finetune.lr == 1e-3
+    assert load_profile("smoke", {"finetune.lr": 2}).finetune.lr == 2.0
+    assert isinstance(load_profile("smoke", {"finetune.lr": 2}).finetune.lr, float)
+
+
+def test_profile_is_frozen():
+    p = load_profile("smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.seeds = (1,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.finetune.steps = 3
+
+
+def test_to_dict_round_trips_nested_sections():
+    p = load_profile("smoke")
+    d = p.to_dict()
+    assert d["model"]["embed_dim"] == p.model.embed_dim
+    assert d["finetune"]["ckpt_every"] == p.finetune.ckpt_every
+    assert d["tasks"] == p.tasks and d["name"] == "smoke"
+
+
+# ------------------------------------------------------------------------------- overrides
+
+
+def test_dotted_overrides_apply_and_leave_the_rest():
+    base = load_profile("smoke")
+    p = load_profile("smoke", {"finetune.steps": 7, "model.feature_blocks": [1],
+                               "data.data_root": "/x", "seeds": [3, 4]})
+    assert p.finetune.steps == 7 and p.model.feature_blocks == (1,) and p.seeds == (3, 4)
+    assert p.data.data_root == "/x"
+    assert p.finetune.head_steps == base.finetune.head_steps
+    assert p.data.image_size == base.data.image_size
+    assert load_profile("smoke") == base  # overrides never leak into the next load
+
+
+def test_override_into_a_value_is_rejected():
+    msg = _err(overrides={"data.image_size.x": 1})
+    assert "image_size" in msg and "section" in msg
+
+
+def test_resolve_accepts_comma_separated_tasks_and_seed():
+    p = resolve("smoke", tasks="depth, normals", seed=5)
+    assert p.tasks == ("depth", "normals")
+    assert p.seeds == (5,)
+    assert resolve("smoke", tasks=["segmentation"]).tasks == ("segmentation",)
+    assert resolve("smoke", dataset="nyuv2", data_root="/d").data.data_root == "/d"
+    assert resolve("smoke").tasks == load_profile("smoke").tasks  # None keeps the profile's value
+
+
+def test_resolve_rejects_bad_seed_and_profile_type():
+    assert "seed" in _err(seed="1")
+    assert "seed" in _err(seed=True)
+    with pytest.raises(ConfigError, match="profile"):
+        resolve(3)
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+def test_unknown_profile_lists_profiles():
+    msg = _err("nope")
+    assert "'nope'" in msg and "choose one of" in msg
+    for name in available_profiles():
+        assert name in msg
+
+
+@pytest.mark.parametrize("key,section,valid", [
+    ("foo", "", "finetune"),
+    ("data.foo", "data", "image_size"),
+    ("model.foo", "model", "feature_blocks"),
+    ("finetune.stepz", "finetune", "ckpt_every"),
+])
+def test_unknown_key_lists_valid_keys(key, section, valid):
+    msg = _err(overrides={key: 1})
+    assert "'" + key.split(".")[-1] + "'" in msg
+    assert "choose one of" in msg and valid in msg
+    if section:
+        assert section in msg
+    assert "  " not in msg  # no hole where the section name would go
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("finetune.steps", "10", "finetune.steps must be int"),
+    ("finetune.steps", True, "finetune.steps must be int"),
+    ("finetune.steps", 1.5, "finetune.steps must be int"),
+    ("data.image_size", None, "data.image_size must be int"),
+    ("tasks", "depth", "tasks must be a list"),
+    ("model.feature_blocks", 1, "model.feature_blocks must be a list"),
+    ("model.feature_blocks", [0, "1"], "model.feature_blocks[1] must be int, got '1'"),
+    ("finetune.lr", "fast", "finetune.lr must be float"),
+    ("finetune.lr", False, "finetune.lr must be float"),
+    ("data", 3, "data must be a mapping"),
+])
+def test_wrong_type_names_the_key_and_the_type(key, value, expect):
+    msg = _err(overrides={key: value})
+    assert expect in msg
+    assert "got " + repr(value if not isinstance(value, list) else value[-1]) in msg
+
+
+def test_unknown_task_lists_tasks():
+    msg = _err(overrides={"tasks": ["depth", "colour"]})
+    assert "'colour'" in msg and "choose one of" in msg
+    for t in TASK_NAMES:
+        assert t in msg
+    assert "choose one of" in _err(tasks="depth,colour")
+
+
+def test_duplicate_and_empty_tasks():
+    assert "repeats" in _err(overrides={"tasks": ["depth", "depth"]})
+    assert "repeats" in _err(overrides={"tasks": []})
+
+
+def test_bad_device_and_dataset_and_head():
+    msg = _err(overrides={"device": "tpu"})
+    assert "'tpu'" in msg and "choose one of" in msg and "cuda" in msg and "auto" in msg
+    msg = _err(overrides={"data.dataset": "imagenet"})
+    assert "choose one of" in msg and all(d in msg for d in DATASETS)
+    msg = _err(overrides={"model.head": "mlp"})
+    assert "choose one of" in msg and "linear" in msg and "dpt" in msg
+
+
+def test_embed_dim_not_divisible_by_heads():
+    msg = _err(overrides={"model.embed_dim": 30, "model.num_heads": 4})
+    assert "embed_dim" in msg and "divisible" in msg and "30" in msg and "4" in msg
+
+
+@pytest.mark.parametrize("key", ["model.num_heads", "model.depth", "model.embed_dim",
+                                 "model.patch_size"])
+def test_model_sizes_must_be_positive(key):
+    msg = _err(overrides={key: 0})
+    assert key in msg
+
+
+@pytest.mark.parametrize("blocks", [[0, 2], [-1], [5]])
+def test_feature_block_out_of_range(blocks):
+    msg = _err(overrides={"model.depth": 2, "model.feature_blocks": blocks})
+    assert "feature_blocks" in msg and "depth 2" in msg
+
+
+def test_value_ranges():
+    assert "mask_ratio" in _err(overrides={"pretrain.mask_ratio": 1.0})
+    assert "finetune.lr must be >= 0" in _err(overrides={"finetune.lr": -1e-3})
+    assert "pretrain.steps must be >= 0" in _err(overrides={"pretrain.steps": -1})

@@ -1,0 +1,72 @@
+"""Every notebook executes end to end on the smoke profile (papermill, fresh cache).
+
+This is the fourth test layer: it is what `make figures` does, at CI scale. Notebooks share one
+temporary cache so later notebooks reuse earlier artifacts, as in a real batch run.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simo import paths, runner
+
+
+@pytest.fixture(scope="module")
+def nb_cache(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nbcache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIMO_CACHE", str(d))  # inherited by the papermill kernels
+    yield d
+    mp.undo()
+
+
+@pytest.mark.parametrize("notebook", list(runner.NOTEBOOKS))
+def test_notebook_runs_on_smoke(notebook, nb_cache, tmp_path):
+    rec = runner.run_notebook(notebook, "smoke", out_dir=tmp_path)
+    assert rec.status == "ok", rec.error
+    results = json.loads((paths.figures_dir("smoke", notebook) / "results.json").read_text())
+    assert results["meta"]["profile"] == "smoke"
+    pngs = list(paths.figures_dir("smoke", notebook).glob("*.png"))
+    assert pngs, "the notebook saved no figure"
+
+
+def test_results_contract_of_01(nb_cache, tmp_path):
+    """01's results.json has pretrained and scratch metrics for every task (issue contract)."""
+    rec = runner.run_notebook("01_pretrain_and_finetune", "smoke", out_dir=tmp_path)
+    assert rec.status == "ok", rec.error
+    res = json.loads((paths.figures_dir("smoke", "01_pretrain_and_finetune") / "results.json")
+                     .read_text())
+    for task, main in res["main_metric"].items():
+        for init in ("pretrained", "scratch"):
+            assert main in res["tasks"][task][init]
+
+
+def test_unknown_parameter_is_one_line_error(tmp_path):
+    from simo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown parameter 'lamda'.*valid: profile"):
+        runner.run_notebook("00_data_and_tasks", "smoke", {"lamda": 1}, out_dir=tmp_path)
+
+
+def test_failing_notebook_names_cell_and_error(nb_cache, tmp_path):
+    rec = runner.run_notebook("00_data_and_tasks", "smoke", {"dataset": "nyuv2"}, out_dir=tmp_path)
+    assert rec.status == "failed"
+    assert "DataError" in rec.error and "data_root" in rec.error and "\n" not in rec.error
+
+
+@pytest.mark.parametrize("notebook", list(runner.NOTEBOOKS))
+def test_every_parameter_is_visible_to_papermill(notebook):
+    """papermill silently drops a parameter whose comment it cannot parse (e.g. one with '=');
+    the runner would then reject it as unknown. Every assignment must be inspectable."""
+    import ast
+
+    import nbformat
+    import papermill
+
+    nb = nbformat.read(paths.NOTEBOOKS / f"{notebook}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    assigned = [n.targets[0].id for n in ast.parse(cells[0].source).body if isinstance(n, ast.Assign)]
+    assert list(papermill.inspect_notebook(str(paths.NOTEBOOKS / f"{notebook}.ipynb"))) == assigned
+    assert {"profile", "seed"} <= set(assigned)

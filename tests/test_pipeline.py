@@ -1,0 +1,122 @@
+"""Pipeline steps on the tiny smoke profile: cached finetunes, reloading, scratch init, multi-task."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from simo import cache, pipeline
+from simo.data import make_dataset
+from simo.errors import TaskError
+from simo.train import evaluate
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One temporary cache for the module: scenes render and the encoder pretrains once."""
+    d = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMO_CACHE", str(d))
+        yield d
+
+
+@pytest.fixture(scope="module")
+def depth_art(cache_dir, smoke):
+    return pipeline.finetuned(smoke, "depth", progress=False)
+
+
+def test_finetuned_is_computed_once(cache_dir, smoke, depth_art, monkeypatch):
+    monkeypatch.setattr(cache, "STATS", {"hits": 0, "misses": 0})
+    again = pipeline.finetuned(smoke, "depth", progress=False)
+    assert again.key == depth_art.key and again.path == depth_art.path
+    assert cache.STATS["misses"] == 0 and cache.STATS["hits"] == 2  # pretrained + finetuned
+    assert depth_art.path.parent == cache_dir / "finetuned"
+    assert (cache_dir / "pretrained").is_dir()
+    assert not list(cache_dir.rglob("*.tmp-*")) and not list(cache_dir.rglob("*.partial"))
+
+
+def test_finetuned_meta(smoke, depth_art):
+    meta = depth_art.meta
+    ft = smoke.finetune
+    assert meta["steps"] == ft.head_steps + ft.steps
+    assert 0 < meta["samples"] <= smoke.data.n_train
+    assert [h["step"] for h in meta["history"]] == [2, 4, 6]
+    assert set(meta["val"]) == set(meta["test"]) == {"depth"}
+    assert set(meta["test"]["depth"]) == {"abs_err", "rel_err"}
+    assert meta["config"]["tasks"] == ["depth"] and meta["config"]["init"] == "pretrained"
+    assert meta["config"]["pretrained"] == pipeline.pretrained(smoke, progress=False).key
+
+
+def test_other_seed_is_another_artifact(smoke, depth_art):
+    other = pipeline.finetuned(smoke, "depth", seed=1, progress=False)
+    assert other.key != depth_art.key
+    assert not torch.equal(other.tensors()["head.depth.proj.weight"],
+                           depth_art.tensors()["head.depth.proj.weight"])
+
+
+def test_load_finetuned_reproduces_stored_metrics(smoke, depth_art):
+    model = pipeline.load_finetuned(smoke, depth_art)
+    assert list(model.heads) == ["depth"]
+    tasks = pipeline.tasks_of(smoke, ["depth"])
+    test = make_dataset(smoke, "test")
+    got = evaluate(model, tasks, test, smoke.eval_batch_size)
+    want = depth_art.meta["test"]
+    for m, v in want["depth"].items():
+        assert got["depth"][m] == pytest.approx(v, rel=1e-6, abs=1e-9)
+    # the stored encoder is the finetuned one, not the pretrained one
+    pre = pipeline.pretrained(smoke, progress=False).tensors()
+    enc = model.encoder.vit.state_dict()
+    assert set(enc) == set(pre)
+    assert not torch.equal(enc["blocks.0.attn.qkv.weight"], pre["blocks.0.attn.qkv.weight"])
+    assert all(not p.requires_grad for p in model.encoder.vit.norm.parameters())
+
+
+def test_heads_of_returns_per_task_state_dicts(smoke, depth_art):
+    heads = pipeline.heads_of(depth_art)
+    assert list(heads) == ["depth"]
+    model = pipeline.build_model(smoke, pipeline.tasks_of(smoke, ["depth"]))
+    assert set(heads["depth"]) == set(model.heads["depth"].state_dict())
+    tensors = depth_art.tensors()
+    assert torch.equal(heads["depth"]["proj.weight"], tensors["head.depth.proj.weight"])
+    assert not any(k.startswith("head.") for k in depth_art.tensors("encoder."))
+
+
+def test_multitask_stores_every_head(cache_dir, smoke):
+    art = pipeline.finetuned(smoke, ["depth", "normals"], progress=False)
+    assert art.path.parent == cache_dir / "multitask"
+    heads = pipeline.heads_of(art)
+    assert set(heads) == {"depth", "normals"}
+    assert heads["depth"]["proj.weight"].shape[0] == 1
+    assert heads["normals"]["proj.weight"].shape[0] == 3
+    assert set(art.meta["test"]) == {"depth", "normals"}
+    model = pipeline.load_finetuned(smoke, art)
+    assert set(model.heads) == {"depth", "normals"}
+    x = make_dataset(smoke, "test")["image"][:2]
+    with torch.no_grad():
+        out = model(x)
+    assert out["normals"].shape == (2, 3, 32, 32) and out["depth"].shape == (2, 1, 32, 32)
+
+
+def test_scratch_init_needs_no_pretraining(tmp_cache, smoke):
+    art = pipeline.finetuned(smoke, "depth", init="scratch", progress=False)
+    assert not (tmp_cache / "pretrained").exists()
+    assert art.meta["config"]["init"] == "scratch" and art.meta["config"]["pretrained"] is None
+    pre = pipeline.finetuned(smoke, "depth", init="pretrained", progress=False)
+    assert (tmp_cache / "pretrained").is_dir()
+    assert pre.key != art.key
+    w = "encoder.blocks.0.attn.qkv.weight"
+    assert not torch.equal(art.tensors()[w], pre.tensors()[w])
+
+
+def test_unknown_init_and_task(smoke):
+    with pytest.raises(TaskError) as ei:
+        pipeline.finetuned(smoke, "depth", init="imagenet", progress=False)
+    msg = str(ei.value)
+    assert "'imagenet'" in msg and "pretrained" in msg and "scratch" in msg and "\n" not in msg
+    with pytest.raises(TaskError, match="choose one of"):
+        pipeline.finetuned(smoke, "colour", progress=False)
+
+
+def test_tasks_of_defaults_to_the_profile(smoke):
+    assert [t.name for t in pipeline.tasks_of(smoke)] == list(smoke.tasks)
+    seg = pipeline.tasks_of(smoke, ["segmentation"])[0]
+    assert seg.channels == smoke.data.num_classes
