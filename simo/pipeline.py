@@ -18,8 +18,8 @@ from simo.config import Profile
 from simo.data import make_dataset
 from simo.errors import TaskError, one_of
 from simo.models import MultiTaskModel, build_model
-from simo.tasks import Task, get_task, get_tasks
-from simo.train import evaluate, finetune, pretrain
+from simo.tasks import Task, get_tasks
+from simo.train import evaluate, finetune, pick_device, pretrain
 
 INITS = ("pretrained", "scratch")
 _TRAIN_CODE = ("train", "models", "tasks", "data.__init__")
@@ -58,7 +58,7 @@ def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
 
     def compute(out: Path, partial: Path) -> None:
         images = make_dataset(profile, "pretrain")["image"]
-        enc = build_encoder(m, profile.data.image_size, seed=0)
+        enc = build_encoder(m, profile.data.image_size, seed=0).to(pick_device(profile.device))
         res = pretrain(enc.vit, images, profile.pretrain, seed=0, partial_dir=partial,
                        progress=progress)
         cache.save_tensors(out / cache.TENSORS, enc.vit.state_dict())
@@ -76,7 +76,7 @@ def model_from(profile: Profile, tasks: Sequence[Task], encoder: dict[str, torch
     model.encoder.vit.load_state_dict(encoder)
     for name, sd in (heads or {}).items():
         model.heads[name].load_state_dict(sd)
-    return model.eval()
+    return model.to(pick_device(profile.device)).eval()
 
 
 def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
@@ -99,6 +99,7 @@ def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
         model = build_model(profile, tasks, seed=seed)
         if base is not None:
             model.encoder.vit.load_state_dict(base.tensors())
+        model.to(pick_device(profile.device))
         train, val = make_dataset(profile, "train"), make_dataset(profile, "val")
         res = finetune(model, tasks, train, val, profile.finetune, seed=seed,
                        eval_batch_size=profile.eval_batch_size, partial_dir=partial,

@@ -64,6 +64,20 @@ def sample_batch(data: Batch, batch_size: int, g: torch.Generator, flip: bool = 
 LossFn = Callable[[Batch, torch.Generator], tuple[Tensor, dict[str, float]]]
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move a minibatch to the model's device (a no-op on CPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, so the gpu profile needs no code change."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 @dataclass
 class Phase:
     """``steps`` optimizer steps of ``loss_fn`` on ``groups`` (AdamW param groups with base ``lr``).
@@ -160,6 +174,7 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
         start, result.history = info["step"], info["history"]
     t0 = time.perf_counter()
     was_trainable = [p.requires_grad for p in module.parameters()]
+    device = next(module.parameters()).device
     bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, leave=False)
     step_base = 0
     running: list[float] = []
@@ -181,6 +196,7 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
                 g["lr"] = spec["lr"] * f
             gen = step_generator(seed, gstep)
             batch, idx = sample_batch(data, batch_size, gen, flip)
+            batch = to_device(batch, device)
             seen[idx] = True
             module.train()
             loss, logs = phase.loss_fn(batch, gen)
@@ -222,9 +238,10 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
 def predict_batches(model: nn.Module, data: Batch, batch_size: int,
                     tasks: Sequence[str] | None = None) -> Iterable[tuple[dict[str, Tensor], Batch]]:
     model.eval()
+    device = next(model.parameters()).device
     n = len(data["image"])
     for i in range(0, n, batch_size):
-        batch = {k: v[i:i + batch_size] for k, v in data.items()}
+        batch = to_device({k: v[i:i + batch_size] for k, v in data.items()}, device)
         yield model(batch["image"], tasks), batch
 
 
@@ -251,7 +268,7 @@ def multitask_loss(model: nn.Module, tasks: Sequence[Task], weights: Mapping[str
                 feats, cls = model.encoder(x)
         else:
             feats, cls = model.encoder(x)
-        total = torch.zeros(())
+        total = torch.zeros((), device=x.device)
         logs = {}
         for t in tasks:
             if weights.get(t.name, 0.0) == 0.0:
@@ -329,6 +346,7 @@ class SimMIM(nn.Module):
         order = torch.rand(b, n, generator=g).argsort(dim=1)
         mask = torch.zeros(b, n, dtype=torch.bool)
         mask.scatter_(1, order[:, :n_mask], True)
+        mask = mask.to(x.device)
         pred = self(x, mask)
         target = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # (B, N, 3*p*p)
         return (pred - target).abs()[mask].mean()
@@ -343,7 +361,7 @@ def pretrain(vit: nn.Module, images: Tensor, cfg, *, seed: int, partial_dir: Pat
     def loss_fn(batch: Batch, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch["image"], cfg.mask_ratio, g), {}
 
-    val = images[:256]
+    val = images[:256].to(next(vit.parameters()).device)
 
     def eval_fn() -> dict:
         with torch.no_grad():
@@ -366,13 +384,14 @@ def encode(encoder: nn.Module, images: Tensor, batch_size: int = 128) -> dict[st
     """Features of a frozen encoder as a flat dict (``f0..``, ``c0..``): computed once, reused."""
     encoder.eval()
     parts: list[tuple[list[Tensor], list[Tensor | None]]] = []
+    device = next(encoder.parameters()).device
     for i in range(0, len(images), batch_size):
-        parts.append(encoder(images[i:i + batch_size]))
+        parts.append(encoder(images[i:i + batch_size].to(device)))
     out = {}
     for j in range(len(parts[0][0])):
-        out[f"f{j}"] = torch.cat([p[0][j] for p in parts])
+        out[f"f{j}"] = torch.cat([p[0][j] for p in parts]).cpu()
         if parts[0][1][j] is not None:
-            out[f"c{j}"] = torch.cat([p[1][j] for p in parts])
+            out[f"c{j}"] = torch.cat([p[1][j] for p in parts]).cpu()
     return out
 
 
@@ -396,7 +415,7 @@ def retrain_heads(model: nn.Module, tasks: Sequence[Task], data: Batch, *, steps
 
     def loss_fn(batch: Batch, _g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         f, c = _unpack(batch)
-        total = torch.zeros(())
+        total = torch.zeros((), device=f[0].device)
         for t in tasks:
             total = total + t.loss(model.heads[t.name](f, c, size), batch[t.target])
         return total, {}

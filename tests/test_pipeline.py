@@ -120,3 +120,51 @@ def test_tasks_of_defaults_to_the_profile(smoke):
     assert [t.name for t in pipeline.tasks_of(smoke)] == list(smoke.tasks)
     seg = pipeline.tasks_of(smoke, ["segmentation"])[0]
     assert seg.channels == smoke.data.num_classes
+
+
+# ------------------------------------------------------------------ merging setup -----------------
+
+@pytest.fixture(scope="module")
+def setup(cache_dir, make_profile):
+    p = make_profile(**{"tasks": ["segmentation", "depth"], "merging.fisher_batches": 1,
+                        "realign.n_samples": 8, "realign.head_steps": 3, "realign.batch_size": 4})
+    return pipeline.merge_setup(p, seed=0, with_fisher=True)
+
+
+def test_merge_setup_gathers_every_task(setup):
+    assert setup.names == ["segmentation", "depth"]
+    assert len(setup.finetuned) == 2 and set(setup.heads) == {"segmentation", "depth"}
+    assert setup.fishers is not None and set(setup.fishers[0]) == set(setup.pretrained)
+
+
+def test_lambda_zero_is_the_pretrained_encoder(setup):
+    for method in ("task_arithmetic", "ties", "lines"):
+        enc = setup.encoders(method, 0.0)
+        for k, v in setup.pretrained.items():
+            assert torch.equal(enc["depth"][k], v), (method, k)
+
+
+def test_tall_mask_gives_each_task_its_own_encoder(setup):
+    enc = setup.encoders("tall_mask", 1.0)
+    assert enc["segmentation"] is not enc["depth"]
+    shared = setup.encoders("task_arithmetic", 0.5)
+    assert shared["segmentation"] is shared["depth"]
+
+
+def test_single_task_evaluation_matches_stored_metrics(setup):
+    data = make_dataset(setup.profile, "test")
+    got = setup.evaluate("single_task", 1.0, data)
+    stored = pipeline.finetuned(setup.profile, "depth", progress=False).meta["test"]["depth"]
+    assert got["depth"] == pytest.approx(stored, rel=1e-5)
+
+
+def test_head_realignment_changes_heads_not_encoder(setup):
+    data = make_dataset(setup.profile, "train")
+    enc = setup.encoders("task_arithmetic", 0.5)
+    before = {k: v.clone() for k, v in enc["depth"].items()}
+    heads = pipeline.realign_heads(setup.profile, setup.tasks, enc, setup.heads, data, seed=0)
+    assert any(not torch.equal(heads["depth"][k], setup.heads["depth"][k]) for k in heads["depth"])
+    assert all(torch.equal(enc["depth"][k], before[k]) for k in before)
+    # deterministic per seed
+    again = pipeline.realign_heads(setup.profile, setup.tasks, enc, setup.heads, data, seed=0)
+    assert all(torch.equal(heads["depth"][k], again["depth"][k]) for k in heads["depth"])

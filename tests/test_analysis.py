@@ -1,0 +1,87 @@
+"""Diagnostics: CKA and cosine properties, λ selection, plateau reading, label statistics."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from simo import analysis
+from simo.tasks import get_task
+
+
+def test_linear_cka_invariances():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    assert analysis.linear_cka(x, x) == pytest.approx(1.0)
+    assert analysis.linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0)  # rotation + scale
+    y = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    assert analysis.linear_cka(x, y) < 0.3  # independent features
+    # cosine is NOT rotation invariant: that is what a fixed head sees
+    assert analysis.mean_cosine(x, x) == pytest.approx(1.0)
+    assert analysis.mean_cosine(x, x @ q) < 0.9
+
+
+def test_block_similarity_of_identical_encoders_is_one(smoke):
+    from simo.models import build_encoder
+
+    enc = build_encoder(smoke.model, smoke.data.image_size)
+    sim = analysis.block_similarity(enc.vit, enc.vit, torch.rand(4, 3, 32, 32))
+    assert len(sim["cka"]) == smoke.model.depth
+    assert all(v == pytest.approx(1.0) for v in sim["cka"] + sim["cosine"])
+
+
+def test_select_on_validation_picks_best_and_breaks_ties_low():
+    best, scores = analysis.select_on_validation(lambda v: -(v - 0.3) ** 2, [0.0, 0.3, 0.6])
+    assert best == 0.3 and set(scores) == {0.0, 0.3, 0.6}
+    best, _ = analysis.select_on_validation(lambda v: 1.0, [0.5, 0.1, 0.9])
+    assert best == 0.1
+
+
+def _hist(values, metric="abs_err"):
+    return [{"step": 100 * (i + 1), "val": {"depth": {metric: v}}} for i, v in enumerate(values)]
+
+
+def test_plateau_gain_reads_the_last_quarter():
+    depth = get_task("depth")
+    flat = _hist([1.0, 0.5, 0.4, 0.4])
+    assert analysis.plateau_gain(flat, depth) == pytest.approx(0.0)
+    improving = _hist([1.0, 0.8, 0.6, 0.5])  # lower is better: 0.6 -> 0.5 over the last quarter
+    assert analysis.plateau_gain(improving, depth) == pytest.approx(0.2)
+    assert math.isnan(analysis.plateau_gain(_hist([1.0]), depth))
+
+
+def test_better_respects_direction():
+    assert analysis.better(get_task("depth"), 0.1, 0.2)
+    assert analysis.better(get_task("segmentation"), 0.6, 0.5)
+
+
+def test_label_statistics_and_saturation():
+    data = {"label": torch.tensor([[[0, 0], [1, -1]]]), "depth": torch.tensor([[[[1.0, 0.0],
+                                                                               [3.0, 2.0]]]]),
+            "edge": torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])}
+    s = analysis.label_statistics(data, ["a", "b"])
+    assert s["class_frequency"] == pytest.approx({"a": 2 / 3, "b": 1 / 3})
+    assert s["depth"] == {"min": 1.0, "median": 2.0, "max": 3.0}
+    assert s["edge_fraction"] == 0.25 and s["invalid_label_fraction"] == 0.25
+    gray = torch.full((1, 3, 2, 2), 0.5)
+    red = torch.zeros(1, 3, 2, 2)
+    red[:, 0] = 1.0
+    assert analysis.mean_saturation(gray) == 0.0 and analysis.mean_saturation(red) == 1.0
+
+
+def test_learned_layer_coefficients_shape_and_freeze(smoke):
+    from simo.models import build_model
+    from simo.tasks import get_tasks
+
+    tasks = get_tasks(["depth"])
+    model = build_model(smoke, tasks)
+    theta0 = {k: v.clone() for k, v in model.encoder.vit.state_dict().items()}
+    tv = [{k: 0.01 * torch.ones_like(v) if v.is_floating_point() else v for k, v in theta0.items()}]
+    data = {"image": torch.rand(8, 3, 32, 32), "depth": torch.rand(8, 1, 32, 32) + 0.5}
+    flags = [p.requires_grad for p in model.parameters()]
+    lam = analysis.learn_layer_coefficients(model, tasks, theta0, tv, data, init=0.5, steps=3,
+                                            batch_size=4)
+    assert lam.shape == (1, smoke.model.depth) and not torch.equal(lam, torch.full_like(lam, 0.5))
+    assert [p.requires_grad for p in model.parameters()] == flags
