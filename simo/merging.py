@@ -218,6 +218,16 @@ def _passthrough(value: Tensor) -> Tensor:
     return value.detach().clone()
 
 
+def _map_float_keys(pretrained: StateDict, fn: Callable[[str, Tensor], Tensor]) -> StateDict:
+    """Apply ``fn(key, base)`` to every float tensor, one key at a time; other entries pass through.
+
+    The one loop shared by the per-key methods, so the memory rule (one key's task vectors alive at
+    a time) and the buffer rule (non-float entries copied from ``pretrained``) live in one place.
+    """
+    return {key: fn(key, base) if _is_float(base) else _passthrough(base)
+            for key, base in pretrained.items()}
+
+
 def task_vectors(pretrained: StateDict, finetuned: list[StateDict]) -> list[StateDict]:
     """τ_t = θ_t − θ_0 for every float key (Ilharco et al., arXiv 2212.04089), in float32/64.
 
@@ -453,16 +463,14 @@ def _generalized_task_arithmetic(
 def weight_average(pretrained: StateDict, finetuned: list[StateDict]) -> StateDict:
     """Uniform mean of the finetuned models: the simplest baseline (a "model soup")."""
     check_compatible(pretrained, finetuned)
-    out: StateDict = {}
-    for key, base in pretrained.items():
-        if not _is_float(base):
-            out[key] = _passthrough(base)
-            continue
+
+    def mean(key: str, base: Tensor) -> Tensor:
         acc = torch.zeros(base.shape, dtype=_compute_dtype(base.dtype), device=base.device)
         for ft in finetuned:
             acc.add_(ft[key])
-        out[key] = acc.div_(len(finetuned)).to(base.dtype)
-    return out
+        return acc.div_(len(finetuned)).to(base.dtype)
+
+    return _map_float_keys(pretrained, mean)
 
 
 @register("task_arithmetic", paper="Ilharco et al., Editing models with task arithmetic, "
@@ -593,16 +601,13 @@ def tall_mask(
         for t in tasks_keep:
             _number("tasks_keep entry", t, 0, n_tasks - 1, integer=True)
         chosen = sorted(set(tasks_keep))
-    out: StateDict = {}
-    for key, base in pretrained.items():
-        if not _is_float(base):
-            out[key] = _passthrough(base)
-            continue
+
+    def masked(key: str, base: Tensor) -> Tensor:
         taus = _stacked_taus(pretrained, finetuned, key)
-        masks = _tall_of(taus, lam_tall)
-        mask = masks[chosen].any(dim=0)
-        out[key] = _finish(base, taus.sum(dim=0).mul_(mask), lam)
-    return out
+        mask = _tall_of(taus, lam_tall)[chosen].any(dim=0)
+        return _finish(base, taus.sum(dim=0).mul_(mask), lam)
+
+    return _map_float_keys(pretrained, masked)
 
 
 @register("consensus", paper="Wang et al., Localizing Task Information for Improved Model "
@@ -625,15 +630,13 @@ def consensus(
     _number("k", k, 0, n_tasks, integer=True)
     _check_lam(lam)
     _number("lam_tall", lam_tall, 0.0, LAM_MAX)
-    out: StateDict = {}
-    for key, base in pretrained.items():
-        if not _is_float(base):
-            out[key] = _passthrough(base)
-            continue
+
+    def voted(key: str, base: Tensor) -> Tensor:
         taus = _stacked_taus(pretrained, finetuned, key)
         votes = _tall_of(taus, lam_tall).sum(dim=0)
-        out[key] = _finish(base, taus.sum(dim=0).mul_(votes >= k), lam)
-    return out
+        return _finish(base, taus.sum(dim=0).mul_(votes >= k), lam)
+
+    return _map_float_keys(pretrained, voted)
 
 
 def layer_index(key: str, n_layers: int) -> int:
@@ -673,16 +676,13 @@ def lines(
     _check_lam(lam)
     blocks = [int(m.group(1)) for key in pretrained if (m := _BLOCK_RE.search(key))]
     n_layers = max(blocks) + 1 if blocks else 0
-    out: StateDict = {}
-    for key, base in pretrained.items():
-        if not _is_float(base):
-            out[key] = _passthrough(base)
-            continue
+
+    def scaled(key: str, base: Tensor) -> Tensor:
         depth = layer_index(key, n_layers) / (n_layers - 1) if n_layers > 1 else 0.0
-        scale = alpha + beta * depth
         delta = _stacked_taus(pretrained, finetuned, key).sum(dim=0)
-        out[key] = _finish(base, delta, lam * scale)
-    return out
+        return _finish(base, delta, lam * (alpha + beta * depth))
+
+    return _map_float_keys(pretrained, scaled)
 
 
 @register("fisher", paper="Matena & Raffel, Merging Models with Fisher-Weighted Averaging, "

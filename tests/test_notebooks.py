@@ -70,3 +70,15 @@ def test_every_parameter_is_visible_to_papermill(notebook):
     assigned = [n.targets[0].id for n in ast.parse(cells[0].source).body if isinstance(n, ast.Assign)]
     assert list(papermill.inspect_notebook(str(paths.NOTEBOOKS / f"{notebook}.ipynb"))) == assigned
     assert {"profile", "seed"} <= set(assigned)
+
+
+def test_same_profile_and_seed_give_identical_results(nb_cache, tmp_path, monkeypatch):
+    """Determinism: 01 rerun from an empty cache writes byte-identical results.json."""
+    res = paths.figures_dir("smoke", "01_pretrain_and_finetune") / "results.json"
+    if not res.exists():
+        assert runner.run_notebook("01_pretrain_and_finetune", "smoke", out_dir=tmp_path).status == "ok"
+    first = res.read_text()
+    monkeypatch.setenv("SIMO_CACHE", str(tmp_path / "fresh-cache"))
+    rec = runner.run_notebook("01_pretrain_and_finetune", "smoke", out_dir=tmp_path)
+    assert rec.status == "ok", rec.error
+    assert res.read_text() == first
