@@ -30,7 +30,9 @@ def tasks_of(profile: Profile, names: Sequence[str] | None = None) -> list[Task]
 
 
 def _data_cfg(profile: Profile) -> dict:
-    return dataclasses.asdict(profile.data)
+    """The data settings a finetune depends on (not the pretraining scenes: those enter through
+    the pretrained encoder's key)."""
+    return {k: v for k, v in dataclasses.asdict(profile.data).items() if k != "n_pretrain"}
 
 
 def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
@@ -53,8 +55,11 @@ def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
 
         return cache.get_or_compute("weights", cfg, load, modules=("models",))
 
-    cfg = {"data": _data_cfg(profile), "model": dataclasses.asdict(m),
-           "pretrain": dataclasses.asdict(profile.pretrain), "seed": 0}
+    d = profile.data
+    cfg = {"data": {"dataset": d.dataset, "data_root": d.data_root, "image_size": d.image_size,
+                    "n_pretrain": d.n_pretrain},
+           "model": dataclasses.asdict(m), "pretrain": dataclasses.asdict(profile.pretrain),
+           "seed": 0}
 
     def compute(out: Path, partial: Path) -> None:
         images = make_dataset(profile, "pretrain")["image"]

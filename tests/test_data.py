@@ -63,7 +63,17 @@ def test_splits_differ_and_rendering_is_cached(cache_dir, smoke):
     again = make_dataset(smoke, "val")
     assert all(torch.equal(a[k], again[k]) for k in a)
     entries = [p for p in (cache_dir / "scenes").iterdir() if not p.name.startswith(".")]
-    assert len(entries) == 1  # one render for every split
+    assert len(entries) == 4  # one cache entry per split, rendered once
+
+
+def test_changing_n_train_rerenders_only_train(cache_dir, make_profile):
+    from simo.data import scenes_root
+
+    base = make_profile()
+    more = make_profile(**{"data.n_train": 12})
+    assert scenes_root(base, "train") != scenes_root(more, "train")
+    for split in ("pretrain", "val", "test"):
+        assert scenes_root(base, split) == scenes_root(more, split)
 
 
 def test_fields_and_limit(cache_dir, smoke):

@@ -38,23 +38,26 @@ def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, Tensor]:
     return out
 
 
-def scenes_root(profile: Profile) -> Path:
-    """Render (once) and return the MTAN-layout directory of the profile's synthetic scenes."""
+def scenes_root(profile: Profile, split: str) -> Path:
+    """Render (once) one split of the profile's synthetic scenes; return its MTAN-layout root.
+
+    Each split is its own cache entry, so changing ``n_train`` re-renders (and retrains on) the
+    train split only, never the pretraining scenes.
+    """
     from simo.data import mtan, scenes
 
     d = profile.data
-    cfg = {"size": d.image_size, "pretrain": d.n_pretrain, "train": d.n_train, "val": d.n_val,
-           "test": d.n_test, "seeds": _SPLIT_SEEDS}
+    n = {"pretrain": d.n_pretrain, "train": d.n_train, "val": d.n_val, "test": d.n_test}[split]
+    dist = "pretrain" if split == "pretrain" else "task"
+    cfg = {"size": d.image_size, "split": split, "n": n, "seed": _SPLIT_SEEDS[split],
+           "distribution": dist}
 
     def compute(out: Path, _partial: Path) -> None:
-        for split in SPLITS:
-            n = cfg[split]
-            dist = "pretrain" if split == "pretrain" else "task"
-            arrays = scenes.render_scenes(n, seed=_SPLIT_SEEDS[split], size=d.image_size,
-                                          distribution=dist, progress=True)
-            if split == "pretrain":
-                arrays = {"image": arrays["image"]}
-            mtan.write_split(out, split, arrays)
+        arrays = scenes.render_scenes(n, seed=_SPLIT_SEEDS[split], size=d.image_size,
+                                      distribution=dist, progress=True)
+        if split == "pretrain":
+            arrays = {"image": arrays["image"]}
+        mtan.write_split(out, split, arrays)
 
     return cache.get_or_compute("scenes", cfg, compute, modules=("data.scenes",)).path
 
@@ -72,7 +75,7 @@ def make_dataset(profile: Profile, split: str, fields: tuple[str, ...] | None = 
         raise DataError(one_of(split, SPLITS, "split"))
     name = profile.data.dataset
     if name == "scenes":
-        root = scenes_root(profile)
+        root = scenes_root(profile, split)
         fields = fields or _SPLIT_FIELDS.get(split, ("image", "label", "depth", "normal", "edge",
                                                      "keypoint"))
     else:
