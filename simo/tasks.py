@@ -241,18 +241,29 @@ class DepthTask(Task):
 # surface normals
 
 
+def _channel_norm(x: Tensor, keepdim: bool = False) -> Tensor:
+    """L2 norm over dim 1. Written out because ``torch.linalg.vector_norm`` over the channel dim
+    of an NCHW tensor takes a slow strided path on CPU (~10x slower at 32x3x48x48)."""
+    return x.square().sum(dim=1, keepdim=keepdim).sqrt()
+
+
+def _unit(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(x, dim=1)`` through :func:`_channel_norm` (same eps rule)."""
+    return x / _channel_norm(x, keepdim=True).clamp_min(eps)
+
+
 def _normal_angles(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Per-pixel angle (degrees) between normalised pred and target, and the validity mask.
 
     atan2(|p × t|, p · t) instead of acos(p · t): acos loses precision near 0° in float32
     (an error of ~0.02° at exact agreement), which would bias the within-11.25° counts.
     """
-    p = F.normalize(pred.float(), dim=1)
+    p = _unit(pred.float())
     t = target.float()
-    valid = t.norm(dim=1) > 0.5
-    t = F.normalize(t, dim=1)
+    valid = _channel_norm(t) > 0.5
+    t = _unit(t)
     dot = (p * t).sum(dim=1)
-    cross = torch.linalg.cross(p, t, dim=1).norm(dim=1)
+    cross = _channel_norm(torch.linalg.cross(p, t, dim=1))
     return torch.rad2deg(torch.atan2(cross, dot)), valid
 
 
@@ -268,9 +279,9 @@ class NormalsTask(Task):
 
     def loss(self, pred: Tensor, batch_target: Tensor) -> Tensor:
         self._check(pred, batch_target, 3)
-        p = F.normalize(pred.float(), dim=1)
-        valid = batch_target.norm(dim=1) > 0.5
-        t = F.normalize(batch_target.float(), dim=1)
+        p = _unit(pred.float())
+        valid = _channel_norm(batch_target) > 0.5
+        t = _unit(batch_target.float())
         return _masked_mean(1.0 - (p * t).sum(dim=1), valid)
 
     def new_state(self) -> dict:
@@ -297,7 +308,7 @@ class NormalsTask(Task):
         return out
 
     def predict(self, pred: Tensor) -> Tensor:
-        return F.normalize(pred, dim=1)
+        return _unit(pred)
 
 
 # ---------------------------------------------------------------------------------------------
