@@ -193,6 +193,17 @@ def get_or_compute(step: str, config: Mapping[str, Any], compute: Callable[[Path
         return Artifact(final)
 
 
+def memo(step: str, config: Mapping[str, Any], fn: Callable[[], Any],
+         modules: tuple[str, ...] = ()) -> Any:
+    """Cache a small JSON-able result (an evaluation, a curve) like an artifact, so a warm rerun of
+    a notebook only plots: compute is split from plotting."""
+
+    def compute(out: Path, _partial: Path) -> None:
+        save_json(out / META, {"value": fn()})
+
+    return get_or_compute(step, config, compute, modules=modules).meta["value"]
+
+
 def clear_stale(step: str | None = None) -> int:
     """Remove leftovers of killed runs (``*.tmp-*`` dirs); keep ``.partial`` for resuming."""
     root = paths.cache_root() / step if step else paths.cache_root()

@@ -15,7 +15,7 @@ import torch
 
 from simo import cache
 from simo.config import Profile
-from simo.data import make_dataset
+from simo.data import make_dataset, subset
 from simo.errors import TaskError, one_of
 from simo.models import MultiTaskModel, build_model
 from simo.tasks import Task, get_tasks
@@ -23,6 +23,7 @@ from simo.train import evaluate, finetune, pick_device, pretrain
 
 INITS = ("pretrained", "scratch")
 _TRAIN_CODE = ("train", "models", "tasks", "data.__init__")
+_EVAL_CODE = _TRAIN_CODE + ("merging",)
 
 
 def tasks_of(profile: Profile, names: Sequence[str] | None = None) -> list[Task]:
@@ -226,6 +227,7 @@ class MergeSetup:
     heads: dict[str, dict[str, torch.Tensor]]
     seed: int = 0
     fishers: list[dict] | None = None
+    sources: list[str] = dataclasses.field(default_factory=list)  # artifact keys it was built from
 
     @property
     def names(self) -> list[str]:
@@ -248,17 +250,39 @@ class MergeSetup:
         return encoders_for(method, self.pretrained, self.finetuned, self.names,
                             **self.params(method, lam))
 
-    def evaluate(self, method: str, lam: float, data: dict,
-                 heads: dict | None = None) -> dict[str, dict[str, float]]:
-        return evaluate_encoders(self.profile, self.tasks, self.encoders(method, lam),
-                                 heads or self.heads, data)
+    def data(self, split: str) -> dict:
+        """``val`` (the λ-selection images), ``test``, or ``small`` (the realignment set)."""
+        if split == "small":
+            return subset(make_dataset(self.profile, "train"), self.profile.realign.n_samples,
+                          self.seed)
+        limit = self.profile.merging.n_select if split == "val" else None
+        return make_dataset(self.profile, split, limit=limit)
 
-    def realigned(self, method: str, lam: float, data: dict,
-                  small: dict) -> dict[str, dict[str, float]]:
-        """Metrics on ``data`` after head realignment on ``small`` (heads start from the originals)."""
-        enc = self.encoders(method, lam)
-        heads = realign_heads(self.profile, self.tasks, enc, self.heads, small, self.seed)
-        return evaluate_encoders(self.profile, self.tasks, enc, heads, data)
+    def _memo(self, kind: str, method: str, lam: float, split: str, fn) -> dict:
+        params = ({} if method == "single_task" else
+                  {k: v for k, v in self.params(method, lam).items() if k != "fishers"})
+        cfg = {"kind": kind, "method": method, "params": params, "split": split,
+               "sources": self.sources, "seed": self.seed,
+               "n_select": self.profile.merging.n_select,
+               "realign": dataclasses.asdict(self.profile.realign) if kind == "realigned" else None,
+               "fisher_batches": self.profile.merging.fisher_batches if method == "fisher" else None}
+        return cache.memo("merge_eval", cfg, fn, modules=_EVAL_CODE)
+
+    def evaluate(self, method: str, lam: float, split: str) -> dict[str, dict[str, float]]:
+        """Metrics of each task's original head on its merged encoder (cached)."""
+        return self._memo("original", method, lam, split, lambda: evaluate_encoders(
+            self.profile, self.tasks, self.encoders(method, lam), self.heads, self.data(split)))
+
+    def realigned(self, method: str, lam: float, split: str) -> dict[str, dict[str, float]]:
+        """Metrics on ``split`` after head realignment on the small labelled set (cached)."""
+
+        def run() -> dict:
+            enc = self.encoders(method, lam)
+            heads = realign_heads(self.profile, self.tasks, enc, self.heads, self.data("small"),
+                                  self.seed)
+            return evaluate_encoders(self.profile, self.tasks, enc, heads, self.data(split))
+
+        return self._memo("realigned", method, lam, split, run)
 
 
 def merge_setup(profile: Profile, seed: int = 0, with_fisher: bool = False) -> MergeSetup:
@@ -267,7 +291,8 @@ def merge_setup(profile: Profile, seed: int = 0, with_fisher: bool = False) -> M
     names = list(profile.tasks)
     setup = MergeSetup(profile, tasks_of(profile), pretrained(profile).tensors(),
                        [single[t].tensors("encoder.") for t in names],
-                       {t: heads_of(single[t])[t] for t in names}, seed)
+                       {t: heads_of(single[t])[t] for t in names}, seed,
+                       sources=[pretrained(profile).key] + [single[t].key for t in names])
     if with_fisher:
         setup.fishers = [fisher_of(profile, single[t], t, seed) for t in names]
     return setup

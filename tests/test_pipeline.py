@@ -152,8 +152,7 @@ def test_tall_mask_gives_each_task_its_own_encoder(setup):
 
 
 def test_single_task_evaluation_matches_stored_metrics(setup):
-    data = make_dataset(setup.profile, "test")
-    got = setup.evaluate("single_task", 1.0, data)
+    got = setup.evaluate("single_task", 1.0, "test")
     stored = pipeline.finetuned(setup.profile, "depth", progress=False).meta["test"]["depth"]
     assert got["depth"] == pytest.approx(stored, rel=1e-5)
 
@@ -168,3 +167,19 @@ def test_head_realignment_changes_heads_not_encoder(setup):
     # deterministic per seed
     again = pipeline.realign_heads(setup.profile, setup.tasks, enc, setup.heads, data, seed=0)
     assert all(torch.equal(heads["depth"][k], again["depth"][k]) for k in heads["depth"])
+
+
+def test_evaluations_are_cached_and_keyed_by_method_and_lambda(setup, cache_dir):
+    a = setup.evaluate("task_arithmetic", 0.5, "val")
+    hits = cache.STATS["hits"]
+    assert setup.evaluate("task_arithmetic", 0.5, "val") == a
+    assert cache.STATS["hits"] == hits + 1
+    assert setup.evaluate("task_arithmetic", 0.0, "val") != a
+    r = setup.realigned("task_arithmetic", 0.5, "val")
+    assert set(r) == set(setup.names) and r != a
+
+
+def test_realignment_set_is_a_seeded_train_subset(setup):
+    small = setup.data("small")
+    assert len(small["image"]) == setup.profile.realign.n_samples
+    assert torch.equal(small["image"], setup.data("small")["image"])
