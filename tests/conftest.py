@@ -32,6 +32,15 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One temporary cache per test module: scenes render and the encoder pretrains once."""
+    d = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMO_CACHE", str(d))
+        yield d
+
+
 @pytest.fixture(scope="session")
 def smoke() -> Profile:
     return tiny_profile()

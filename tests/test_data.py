@@ -9,15 +9,6 @@ from simo.data import SPLITS, make_dataset, subset, to_tensors
 from simo.errors import DataError
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One temporary cache for the module, so the scenes render once."""
-    d = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMO_CACHE", str(d))
-        yield d
-
-
 def _err(fn, *args, **kw) -> str:
     with pytest.raises(DataError) as ei:
         fn(*args, **kw)

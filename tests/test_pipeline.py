@@ -11,15 +11,6 @@ from simo.train import evaluate
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One temporary cache for the module: scenes render and the encoder pretrains once."""
-    d = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMO_CACHE", str(d))
-        yield d
-
-
-@pytest.fixture(scope="module")
 def depth_art(cache_dir, smoke):
     return pipeline.finetuned(smoke, "depth", progress=False)
 
