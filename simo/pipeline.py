@@ -36,6 +36,11 @@ def _data_cfg(profile: Profile) -> dict:
     return {k: v for k, v in dataclasses.asdict(profile.data).items() if k != "n_pretrain"}
 
 
+def _encoder_cfg(m) -> dict:
+    """The model settings pretraining depends on (heads and feature taps do not matter)."""
+    return {k: getattr(m, k) for k in ("arch", "patch_size", "embed_dim", "depth", "num_heads")}
+
+
 def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
     """The pretrained encoder: SimMIM on the pretraining scenes, or ``model.weights`` from disk.
 
@@ -59,7 +64,7 @@ def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
     d = profile.data
     cfg = {"data": {"dataset": d.dataset, "data_root": d.data_root, "image_size": d.image_size,
                     "n_pretrain": d.n_pretrain},
-           "model": dataclasses.asdict(m), "pretrain": dataclasses.asdict(profile.pretrain),
+           "encoder": _encoder_cfg(m), "pretrain": dataclasses.asdict(profile.pretrain),
            "seed": 0}
 
     def compute(out: Path, partial: Path) -> None:

@@ -174,3 +174,13 @@ def test_realignment_set_is_a_seeded_train_subset(setup):
     small = setup.data("small")
     assert len(small["image"]) == setup.profile.realign.n_samples
     assert torch.equal(small["image"], setup.data("small")["image"])
+
+
+def test_pretraining_is_shared_across_head_settings(cache_dir, make_profile):
+    """Heads and feature taps do not enter the pretrained encoder's key: no needless re-pretraining."""
+    a = pipeline.pretrained(make_profile(), progress=False)
+    b = pipeline.pretrained(make_profile(**{"model.head_bn": True, "model.feature_blocks": [1]}),
+                            progress=False)
+    assert a.key == b.key
+    c = pipeline.pretrained(make_profile(**{"model.embed_dim": 64}), progress=False)
+    assert c.key != a.key
