@@ -170,15 +170,21 @@ def encoders_for(method: str, pretrained_sd: dict, finetuned_sds: list[dict], ta
     return {t: shared for t in task_names}
 
 
-def evaluate_encoders(profile: Profile, tasks: Sequence[Task], encoders: dict[str, dict],
-                      heads: dict[str, dict], data: dict) -> dict[str, dict[str, float]]:
-    """Metrics of each task's head on its encoder (shared encoders are run once)."""
+def _models_per_encoder(profile: Profile, tasks: Sequence[Task], encoders: dict[str, dict],
+                        heads: dict[str, dict]) -> list[tuple[list[Task], MultiTaskModel]]:
+    """One model per distinct encoder, carrying the heads of the tasks that share it."""
     groups: dict[int, list[Task]] = {}
     for t in tasks:
         groups.setdefault(id(encoders[t.name]), []).append(t)
+    return [(ts, model_from(profile, ts, encoders[ts[0].name], {t.name: heads[t.name] for t in ts}))
+            for ts in groups.values()]
+
+
+def evaluate_encoders(profile: Profile, tasks: Sequence[Task], encoders: dict[str, dict],
+                      heads: dict[str, dict], data: dict) -> dict[str, dict[str, float]]:
+    """Metrics of each task's head on its encoder (shared encoders are run once)."""
     out: dict[str, dict[str, float]] = {}
-    for ts in groups.values():
-        model = model_from(profile, ts, encoders[ts[0].name], {t.name: heads[t.name] for t in ts})
+    for ts, model in _models_per_encoder(profile, tasks, encoders, heads):
         out.update(evaluate(model, ts, data, profile.eval_batch_size))
     return out
 
@@ -190,11 +196,7 @@ def realign_heads(profile: Profile, tasks: Sequence[Task], encoders: dict[str, d
 
     r = profile.realign
     new: dict[str, dict] = {}
-    groups: dict[int, list[Task]] = {}
-    for t in tasks:
-        groups.setdefault(id(encoders[t.name]), []).append(t)
-    for ts in groups.values():
-        model = model_from(profile, ts, encoders[ts[0].name], {t.name: heads[t.name] for t in ts})
+    for ts, model in _models_per_encoder(profile, tasks, encoders, heads):
         retrain_heads(model, ts, data, steps=r.head_steps, lr=r.head_lr, batch_size=r.batch_size,
                       seed=seed, eval_batch_size=profile.eval_batch_size)
         new.update({t.name: {k: v.clone() for k, v in model.heads[t.name].state_dict().items()}
@@ -293,11 +295,12 @@ class MergeSetup:
 def merge_setup(profile: Profile, seed: int = 0, with_fisher: bool = False) -> MergeSetup:
     """Load the pretrained encoder and every single-task model of the profile (training if needed)."""
     single = single_task_models(profile, seed)
+    base = pretrained(profile)
     names = list(profile.tasks)
-    setup = MergeSetup(profile, tasks_of(profile), pretrained(profile).tensors(),
+    setup = MergeSetup(profile, tasks_of(profile), base.tensors(),
                        [single[t].tensors("encoder.") for t in names],
                        {t: heads_of(single[t])[t] for t in names}, seed,
-                       sources=[pretrained(profile).key] + [single[t].key for t in names])
+                       sources=[base.key] + [single[t].key for t in names])
     if with_fisher:
         setup.fishers = [fisher_of(profile, single[t], t, seed) for t in names]
     return setup
