@@ -22,8 +22,15 @@ from simo.tasks import Task, get_tasks
 from simo.train import evaluate, finetune, pick_device, pretrain
 
 INITS = ("pretrained", "scratch")
-_TRAIN_CODE = ("train", "models", "tasks", "data.__init__")
+# Source files whose edits invalidate cached training / evaluation results (not the whole package:
+# adding an adapter or a plot must not retrain every model).
+_TRAIN_CODE = ("train", "models.encoder", "models.heads", "models.model", "tasks", "data.__init__")
 _EVAL_CODE = _TRAIN_CODE + ("merging",)
+
+
+def _code(profile: Profile, modules: tuple[str, ...] = _TRAIN_CODE) -> tuple[str, ...]:
+    """``modules`` plus the real-data loaders when the profile reads a real dataset."""
+    return modules + (("data.real", "data.mtan") if profile.data.dataset != "scenes" else ())
 
 
 def tasks_of(profile: Profile, names: Sequence[str] | None = None) -> list[Task]:
@@ -128,7 +135,7 @@ def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
             "test": evaluate(model, tasks, test, profile.eval_batch_size)})
 
     step = "finetuned" if len(names) == 1 else "multitask"
-    return cache.get_or_compute(step, cfg, compute, modules=_TRAIN_CODE)
+    return cache.get_or_compute(step, cfg, compute, modules=_code(profile))
 
 
 def heads_of(art: cache.Artifact) -> dict[str, dict[str, torch.Tensor]]:
@@ -273,7 +280,7 @@ class MergeSetup:
                "n_select": self.profile.merging.n_select,
                "realign": dataclasses.asdict(self.profile.realign) if kind == "realigned" else None,
                "fisher_batches": self.profile.merging.fisher_batches if method == "fisher" else None}
-        return cache.memo("merge_eval", cfg, fn, modules=_EVAL_CODE)
+        return cache.memo("merge_eval", cfg, fn, modules=_code(self.profile, _EVAL_CODE))
 
     def evaluate(self, method: str, lam: float, split: str) -> dict[str, dict[str, float]]:
         """Metrics of each task's original head on its merged encoder (cached)."""

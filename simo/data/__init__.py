@@ -69,25 +69,15 @@ def make_dataset(profile: Profile, split: str, fields: tuple[str, ...] | None = 
     The tensors are shared by every caller in this process (a split is read once): treat them as
     read-only, or clone before editing in place.
     """
-    from simo.data import mtan
-
     if split not in SPLITS:
         raise DataError(one_of(split, SPLITS, "split"))
     name = profile.data.dataset
     if name == "scenes":
-        root = scenes_root(profile, split)
         fields = fields or _SPLIT_FIELDS.get(split, ("image", "label", "depth", "normal", "edge",
                                                      "keypoint"))
+        data = _read(str(scenes_root(profile, split)), split, tuple(fields))
     else:
-        if not profile.data.data_root:
-            raise DataError(f"dataset {name!r} needs data_root: pass the directory that holds "
-                            f"{name}/ (e.g. -p data_root /data)")
-        root = Path(profile.data.data_root) / name
-        if not root.is_dir():
-            raise DataError(f"no {name}/ under data_root {profile.data.data_root}; expected "
-                            f"{root}/{{train,val}}/{{image,label,depth,normal}}/<i>.npy")
-        fields = fields or ("image", "label", "depth", "normal")
-    data = _read(str(root), split, tuple(fields))
+        data = _read_real(profile, split, fields)
     if limit is not None:
         data = {k: v[:limit] for k, v in data.items()}
     if len(data["image"]) == 0:
@@ -105,6 +95,18 @@ def _read(root: str, split: str, fields: tuple[str, ...]) -> dict[str, Tensor]:
     key = (root, split, fields)
     if key not in _MEMO:
         _MEMO[key] = to_tensors(mtan.read_split(root, split, fields))
+    return dict(_MEMO[key])
+
+
+def _read_real(profile: Profile, split: str, fields: tuple[str, ...] | None
+               ) -> dict[str, Tensor]:
+    """A real dataset's split, once per process (``simo.data.real`` does the reading)."""
+    from simo.data import real
+
+    key = ("real", profile.data.dataset, profile.data.data_root, profile.data.image_size, split,
+           fields)
+    if key not in _MEMO:
+        _MEMO[key] = to_tensors(real.load(profile, split, fields))
     return dict(_MEMO[key])
 
 
