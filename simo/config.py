@@ -58,6 +58,7 @@ class PretrainConfig:
 class FinetuneConfig:
     head_steps: int = 100  # phase 1: heads only, encoder frozen
     steps: int = 1500  # phase 2: encoder + heads
+    mtl_steps: int = 0  # phase 2 of joint multi-task runs; 0 = same as steps
     batch_size: int = 32
     lr: float = 1e-3  # encoder learning rate (phase 2)
     head_lr: float = 1e-3
@@ -87,6 +88,10 @@ class RealignConfig:
     head_lr: float = 1e-3
     batch_size: int = 32
     adapter_rank: int = 16
+    adapter_steps: int = 200  # representation realignment: adapters + heads, encoder frozen
+    adapter_lr: float = 1e-3
+    adapter_where: str = "block"  # block (x + BAx on each block's output, the paper) | lora
+    select_stride: int = 1  # realigned-λ search: every k-th grid value, then the best's neighbours
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ _EVAL_CODE = _TRAIN_CODE + ("merging",)
 
 
 def _code(profile: Profile, modules: tuple[str, ...] = _TRAIN_CODE) -> tuple[str, ...]:
-    """``modules`` plus the real-data loaders when the profile reads a real dataset."""
-    return modules + (("data.real", "data.mtan") if profile.data.dataset != "scenes" else ())
+    """``modules`` plus the code that makes the profile's data (scene renderer or real loaders)."""
+    return modules + (("data.scenes",) if profile.data.dataset == "scenes" else
+                      ("data.real", "data.mtan"))
 
 
 def tasks_of(profile: Profile, names: Sequence[str] | None = None) -> list[Task]:
@@ -66,7 +67,7 @@ def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
             cache.save_tensors(out / cache.TENSORS, enc.vit.state_dict())
             cache.save_json(out / cache.META, {"source": str(w), "history": []})
 
-        return cache.get_or_compute("weights", cfg, load, modules=("models",))
+        return cache.get_or_compute("weights", cfg, load, modules=("models.encoder",))
 
     d = profile.data
     cfg = {"data": {"dataset": d.dataset, "data_root": d.data_root, "image_size": d.image_size,
@@ -83,7 +84,8 @@ def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
         cache.save_json(out / cache.META, {"history": res.history, "steps": res.steps,
                                            "samples": res.samples, "seconds": res.seconds})
 
-    return cache.get_or_compute("pretrained", cfg, compute, modules=("train", "models", "data"))
+    return cache.get_or_compute("pretrained", cfg, compute,
+                                modules=_code(profile, ("train", "models.encoder", "data.__init__")))
 
 
 def model_from(profile: Profile, tasks: Sequence[Task], encoder: dict[str, torch.Tensor],
@@ -98,20 +100,32 @@ def model_from(profile: Profile, tasks: Sequence[Task], encoder: dict[str, torch
 
 
 def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
-              init: str = "pretrained", progress: bool = True) -> cache.Artifact:
+              init: str = "pretrained", weights: dict[str, float] | None = None,
+              weighting: str = "equal", progress: bool = True) -> cache.Artifact:
     """A finetuned model (two-phase, AdamW, warm-up + cosine) for one task or several (joint MTL).
 
+    Joint runs train ``finetune.mtl_steps`` full steps (0: as many as a single-task run), with
+    equal loss weights, fixed ``weights`` or Kendall's ``weighting="uncertainty"``.
     Tensors: ``encoder.<vit key>`` and ``head.<task>.<key>``; meta: validation curve, optimizer
     steps, distinct samples seen, wall seconds, and final ``val``/``test`` metrics.
     """
+    from simo.train import WEIGHTINGS, check_weights
+
     names = [task] if isinstance(task, str) else list(task)
     if init not in INITS:
         raise TaskError(one_of(init, INITS, "init"))
+    if weighting not in WEIGHTINGS:
+        raise TaskError(one_of(weighting, WEIGHTINGS, "weighting"))
     tasks = tasks_of(profile, names)
+    weights = check_weights(tasks, weights) if weights is not None else None
     base = pretrained(profile, progress) if init == "pretrained" else None
+    ft = dataclasses.asdict(profile.finetune)
+    mtl_steps = ft.pop("mtl_steps")
+    if len(names) > 1 and mtl_steps:
+        ft["steps"] = mtl_steps
     cfg = {"data": _data_cfg(profile), "model": dataclasses.asdict(profile.model),
-           "finetune": dataclasses.asdict(profile.finetune), "tasks": names, "seed": seed,
-           "init": init, "pretrained": base.key if base else None}
+           "finetune": ft, "tasks": names, "seed": seed, "init": init,
+           "pretrained": base.key if base else None, "weights": weights, "weighting": weighting}
 
     def compute(out: Path, partial: Path) -> None:
         model = build_model(profile, tasks, seed=seed)
@@ -119,7 +133,8 @@ def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
             model.encoder.vit.load_state_dict(base.tensors())
         model.to(pick_device(profile.device))
         train, val = make_dataset(profile, "train"), make_dataset(profile, "val")
-        res = finetune(model, tasks, train, val, profile.finetune, seed=seed,
+        res = finetune(model, tasks, train, val, profile.finetune, seed=seed, weights=weights,
+                       weighting=weighting, steps=ft["steps"],
                        eval_batch_size=profile.eval_batch_size, partial_dir=partial,
                        desc=f"{'+'.join(names)} ({init}, seed {seed})", progress=progress)
         test = make_dataset(profile, "test")

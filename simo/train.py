@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from simo import cache
-from simo.errors import TrainingError
+from simo.errors import TrainingError, one_of
 from simo.tasks import Task
 
 Batch = dict[str, Tensor]
@@ -189,6 +189,7 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
         opt = torch.optim.AdamW([{**g} for g in phase.groups], weight_decay=weight_decay)
         if resumed is not None and start > step_base:
             _opt_load(opt, resumed[0], resumed[1]["opt"])
+        module.train()
         for s in range(max(0, start - step_base), phase.steps):
             gstep = step_base + s
             f = lr_factor(s, phase.steps, phase.warmup)
@@ -198,7 +199,6 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
             batch, idx = sample_batch(data, batch_size, gen, flip)
             batch = to_device(batch, device)
             seen[idx] = True
-            module.train()
             loss, logs = phase.loss_fn(batch, gen)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{desc}: loss became {loss.item()} at step {gstep} "
@@ -219,6 +219,7 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
                 rec.update(eval_fn())
                 result.history.append(rec)
                 running = []
+                module.train()
             if ckpt.due(done) and done < total:
                 ckpt.save(module, opt, {"step": done, "history": result.history}, seen)
         step_base += phase.steps
@@ -257,9 +258,33 @@ def evaluate(model: nn.Module, tasks: Sequence[Task], data: Batch,
 
 # ------------------------------------------------------------------ regimes ------------------------
 
+class UncertaintyWeights(nn.Module):
+    """Kendall et al. (2018) task weighting: one learned log-variance s_t per task.
+
+    L = Σ_t (exp(−s_t) ℓ_t + s_t) / 2 (LibMTL's form): a task whose loss stays high is down-weighted,
+    and the + s_t term stops every weight from collapsing to zero.
+    """
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__()
+        self.names = list(names)
+        self.log_var = nn.Parameter(torch.zeros(len(self.names)))
+
+    def forward(self, losses: Mapping[str, Tensor]) -> Tensor:
+        return sum((torch.exp(-self.log_var[i]) * losses[n] + self.log_var[i]) / 2
+                   for i, n in enumerate(self.names) if n in losses)
+
+    def weights(self) -> dict[str, float]:
+        return {n: 0.5 * math.exp(-v) for n, v in zip(self.names, self.log_var.tolist())}
+
+
 def multitask_loss(model: nn.Module, tasks: Sequence[Task], weights: Mapping[str, float],
-                   encoder_frozen: bool = False) -> Callable:
-    """Σ_t w_t ℓ_t over the model's heads; with a frozen encoder its forward runs without grad."""
+                   encoder_frozen: bool = False,
+                   uncertainty: UncertaintyWeights | None = None) -> Callable:
+    """Σ_t w_t ℓ_t over the model's heads (or Kendall's learned weighting, times w_t).
+
+    With a frozen encoder its forward runs without grad. Tasks with w_t = 0 are skipped entirely.
+    """
 
     def loss_fn(batch: Batch, _g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         x = batch["image"]
@@ -268,47 +293,84 @@ def multitask_loss(model: nn.Module, tasks: Sequence[Task], weights: Mapping[str
                 feats, cls = model.encoder(x)
         else:
             feats, cls = model.encoder(x)
-        total = torch.zeros((), device=x.device)
-        logs = {}
+        losses: dict[str, Tensor] = {}
         for t in tasks:
             if weights.get(t.name, 0.0) == 0.0:
                 continue
             pred = model.heads[t.name](feats, cls, x.shape[-2:])
-            lt = t.loss(pred, batch[t.target])
-            logs[f"loss/{t.name}"] = lt.item()
-            total = total + weights[t.name] * lt
-        return total, logs
+            losses[t.name] = weights[t.name] * t.loss(pred, batch[t.target])
+        logs = {f"loss/{n}": v.item() for n, v in losses.items()}
+        if uncertainty is not None:
+            logs.update({f"weight/{n}": w for n, w in uncertainty.weights().items()})
+            return uncertainty(losses), logs
+        return sum(losses.values(), torch.zeros((), device=x.device)), logs
 
     return loss_fn
 
 
+WEIGHTINGS = ("equal", "uncertainty")
+
+
+def check_weights(tasks: Sequence[Task], weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Loss weights per task (default 1 each), checked: known tasks, finite, ≥ 0, not all zero."""
+    names = [t.name for t in tasks]
+    if weights is None:
+        return {n: 1.0 for n in names}
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise TrainingError(f"loss weight for {unknown[0]!r}, which is not a task of this run; "
+                            f"tasks: {', '.join(names)}")
+    w = {n: float(weights.get(n, 0.0)) for n in names}
+    bad = [n for n, v in w.items() if not math.isfinite(v) or v < 0]
+    if bad:
+        raise TrainingError(f"loss weight of {bad[0]!r} is {w[bad[0]]}; weights must be finite "
+                            "and >= 0")
+    if not any(w.values()):
+        raise TrainingError("every loss weight is 0; give at least one task a positive weight")
+    return w
+
+
 def finetune(model: nn.Module, tasks: Sequence[Task], train: Batch, val: Batch, cfg,
-             *, seed: int, weights: Mapping[str, float] | None = None, eval_batch_size: int = 128,
+             *, seed: int, weights: Mapping[str, float] | None = None,
+             weighting: str = "equal", steps: int | None = None, eval_batch_size: int = 128,
              partial_dir: Path | None = None, desc: str = "finetune",
              progress: bool = True) -> LoopResult:
     """Two-phase finetuning (``cfg`` is a FinetuneConfig): heads alone, then encoder + heads.
 
-    The head phase gives every head a trained start, also those whose weight is 0 in a weighted
-    multi-task run, so no head is untrained at the ends of an alpha grid.
+    Single-task, joint MTL (equal weights), weighted MTL (``weights``) and Kendall's uncertainty
+    weighting (``weighting="uncertainty"``) share this loop and its budget conventions; ``steps``
+    overrides ``cfg.steps`` for phase 2. The head phase gives every head a trained start, also those
+    whose weight is 0 in a weighted run, so no head is untrained at the ends of an alpha grid.
     """
-    weights = dict(weights or {t.name: 1.0 for t in tasks})
+    if weighting not in WEIGHTINGS:
+        raise TrainingError(one_of(weighting, WEIGHTINGS, "weighting"))
+    weights = check_weights(tasks, weights)
     head_params = [p for t in tasks for p in model.heads[t.name].parameters()]
     enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
     head_loss = multitask_loss(model, tasks, {t.name: 1.0 for t in tasks}, encoder_frozen=True)
+    groups = [{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}]
+    uw = None
+    if weighting == "uncertainty":
+        # a submodule while training, so checkpoints (and resume) carry the log-variances
+        model.loss_weights = uw = UncertaintyWeights([t.name for t in tasks])
+        groups.append({"params": list(uw.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0})
     phases = [Phase("head", cfg.head_steps, [{"params": head_params, "lr": cfg.head_lr}],
                     head_loss),
-              Phase("full", cfg.steps, [{"params": enc_params, "lr": cfg.lr},
-                                        {"params": head_params, "lr": cfg.head_lr}],
-                    multitask_loss(model, tasks, weights), cfg.warmup)]
+              Phase("full", cfg.steps if steps is None else steps, groups,
+                    multitask_loss(model, tasks, weights, uncertainty=uw), cfg.warmup)]
     val_sub = {k: v[:cfg.n_eval] for k, v in val.items()}
 
     def eval_fn() -> dict:
         return {"val": evaluate(model, tasks, val_sub, eval_batch_size)}
 
-    return run_phases(model, phases, train, batch_size=cfg.batch_size, seed=seed,
-                      weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_fn=eval_fn,
-                      eval_every=cfg.eval_every, partial_dir=partial_dir,
-                      ckpt_every=cfg.ckpt_every, desc=desc, progress=progress)
+    try:
+        return run_phases(model, phases, train, batch_size=cfg.batch_size, seed=seed,
+                          weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_fn=eval_fn,
+                          eval_every=cfg.eval_every, partial_dir=partial_dir,
+                          ckpt_every=cfg.ckpt_every, desc=desc, progress=progress)
+    finally:
+        if uw is not None:
+            del model.loss_weights
 
 
 # ------------------------------------------------------------------ pretraining --------------------
