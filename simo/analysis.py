@@ -4,6 +4,7 @@ Later notebooks add misalignment diagnostics, task-relationship sweeps and Paret
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -107,15 +108,33 @@ def block_similarity(vit_a: torch.nn.Module, vit_b: torch.nn.Module,
             "cosine": [mean_cosine(a, b) for a, b in zip(fa, fb)]}
 
 
-def select_on_validation(score: Callable[[float], float], grid: Sequence[float]
+def select_on_validation(score: Callable[[float], float], grid: Sequence[float], stride: int = 1
                          ) -> tuple[float, dict[float, float]]:
-    """The paper's protocol: score every grid value on validation, keep the best (higher = better).
+    """The paper's protocol: score grid values on validation, keep the best (higher = better).
 
-    Ties go to the smaller value (the smaller edit of the pretrained model).
+    Ties go to the smaller value (the smaller edit of the pretrained model). With ``stride`` k > 1
+    (for expensive scores, e.g. a realignment per value) only every k-th value and the last are
+    scored first, then the neighbours of the current best until both of its neighbours are scored:
+    a coarse-to-fine search that finds the grid's best value whenever the curve is unimodal.
+    Returns the best value and the scores of the values actually evaluated.
     """
-    scores = {float(v): float(score(float(v))) for v in grid}
-    best = max(scores, key=lambda v: (scores[v], -v))
-    return best, scores
+    values = [float(v) for v in grid]
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    scores: dict[float, float] = {}
+
+    def best_index() -> int:
+        return max((i for i, v in enumerate(values) if v in scores),
+                   key=lambda i: (scores[values[i]], -values[i]))
+
+    todo = sorted(set(range(0, len(values), stride)) | {len(values) - 1})
+    while todo:
+        for i in todo:
+            scores[values[i]] = float(score(values[i]))
+        b = best_index()
+        todo = [i for i in (b - 1, b + 1) if 0 <= i < len(values) and values[i] not in scores]
+    best = values[best_index()]
+    return best, {v: scores[v] for v in values if v in scores}
 
 
 def learn_layer_coefficients(model: torch.nn.Module, tasks: Sequence, pretrained: dict[str, Tensor],
@@ -163,3 +182,44 @@ def _merged_features(encoder: torch.nn.Module, vit: torch.nn.Module, params: dic
 
     return functional_call(encoder, {f"vit.{k}": v for k, v in params.items()}, (images,),
                            strict=False)
+
+
+# two-sided 95 % quantiles of Student's t by degrees of freedom (scipy is not a dependency)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def mean_ci(values: Sequence[float]) -> dict:
+    """Mean and 95 % confidence interval over seeds (Student's t), plus the per-seed values.
+
+    One seed gives a zero-width interval: it is reported, never hidden, and says "one seed".
+    """
+    x = [float(v) for v in values]
+    if not x:
+        raise ValueError("mean_ci needs at least one value")
+    n = len(x)
+    mean = sum(x) / n
+    if n == 1:
+        return {"mean": mean, "ci95": [mean, mean], "seeds": x}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
+    df = n - 1
+    t = _T975[max(k for k in _T975 if k <= df)] if df <= 30 else 1.96
+    half = t * sd / math.sqrt(n)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "seeds": x}
+
+
+def samples_seen(n: int, batch_size: int, seed: int, steps: int) -> list[int]:
+    """Distinct training samples a run has seen after each step, replaying its minibatch draws.
+
+    The training loop draws step ``s``'s batch from ``step_generator(seed, s)``, so the count can
+    be recomputed after the fact for any step of any cached run.
+    """
+    from simo.train import sample_batch, step_generator
+
+    index = {"i": torch.arange(n)}
+    seen = torch.zeros(n, dtype=torch.bool)
+    out = []
+    for s in range(steps):
+        seen[sample_batch(index, batch_size, step_generator(seed, s), flip=False)[1]] = True
+        out.append(int(seen.sum()))
+    return out

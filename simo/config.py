@@ -224,13 +224,20 @@ def _check_values(p: Profile) -> None:
 DATASETS = ("scenes", "nyuv2", "cityscapes", "taskonomy")
 
 
-def resolve(profile: str = "tiny", *, seed: int | None = None, tasks: Any = None,
-            dataset: str | None = None, data_root: str | None = None,
+def _names(value: Any) -> list:
+    """A list, or a comma-separated string as papermill passes it (``-p tasks depth,normals``)."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def resolve(profile: str = "tiny", *, seed: int | None = None, seeds: Any = None,
+            tasks: Any = None, dataset: str | None = None, data_root: str | None = None,
             overrides: Mapping[str, Any] | None = None) -> Profile:
     """Turn a notebook's ``parameters`` cell into a validated profile.
 
-    ``None`` keeps the profile's value; ``tasks`` may be a list or a comma-separated string
-    (papermill's ``-p tasks depth,normals``).
+    ``None`` keeps the profile's value; ``seed`` (one) and ``seeds`` (several) set the profile's
+    seeds; ``tasks`` and ``seeds`` may be lists or comma-separated strings.
     """
     ov: dict[str, Any] = dict(overrides or {})
     if not isinstance(profile, str):
@@ -239,10 +246,15 @@ def resolve(profile: str = "tiny", *, seed: int | None = None, tasks: Any = None
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
         ov["seeds"] = [seed]
+    if seeds is not None:
+        if seed is not None:
+            raise ConfigError("give either seed or seeds, not both")
+        try:
+            ov["seeds"] = [int(s) for s in _names(seeds)]
+        except (TypeError, ValueError):
+            raise ConfigError(f"seeds must be integers, e.g. [0, 1, 2] or '0,1,2'; got {seeds!r}")
     if tasks is not None:
-        if isinstance(tasks, str):
-            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-        ov["tasks"] = list(tasks)
+        ov["tasks"] = _names(tasks)
     if dataset is not None:
         ov["data.dataset"] = dataset
     if data_root is not None:

@@ -30,12 +30,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(notebook: str, profile: str = "tiny", seed: int = 0, **params: Any) -> config.Profile:
-    """Validate the notebook's parameters into a profile and prepare torch, seeds and plots."""
+def setup(notebook: str, profile: str = "tiny", seed: int | None = 0,
+          **params: Any) -> config.Profile:
+    """Validate the notebook's parameters into a profile and prepare torch, seeds and plots.
+
+    Multi-seed notebooks pass ``seed=None, seeds=...``; the first seed seeds the notebook itself.
+    """
     cfg = config.resolve(profile, seed=seed, **params)
     torch.set_num_threads(cfg.num_threads)
-    seed_everything(seed)
-    plots.activate(cfg.name, seed)
+    seed_everything(cfg.seeds[0])
+    plots.activate(cfg.name, cfg.seeds[0])
     plots.set_style()
     try:
         from IPython import get_ipython

@@ -16,7 +16,7 @@ import torch
 from simo import cache
 from simo.config import Profile
 from simo.data import make_dataset, subset
-from simo.errors import TaskError, one_of
+from simo.errors import MergeError, TaskError, one_of
 from simo.models import MultiTaskModel, build_model
 from simo.tasks import Task, get_tasks
 from simo.train import evaluate, finetune, pick_device, pretrain
@@ -26,6 +26,12 @@ INITS = ("pretrained", "scratch")
 # adding an adapter or a plot must not retrain every model).
 _TRAIN_CODE = ("train", "models.encoder", "models.heads", "models.model", "tasks", "data.__init__")
 _EVAL_CODE = _TRAIN_CODE + ("merging",)
+
+
+# realignment settings that each kind of cached realignment depends on
+_REALIGN_KEYS = {"head": ("n_samples", "head_steps", "head_lr", "batch_size"),
+                 "repr": ("n_samples", "head_steps", "head_lr", "batch_size", "adapter_rank",
+                          "adapter_steps", "adapter_lr", "adapter_where")}
 
 
 def _code(profile: Profile, modules: tuple[str, ...] = _TRAIN_CODE) -> tuple[str, ...]:
@@ -211,19 +217,62 @@ def evaluate_encoders(profile: Profile, tasks: Sequence[Task], encoders: dict[st
     return out
 
 
+def _cost(*runs) -> dict[str, float]:
+    """Optimizer steps, distinct labelled samples and wall seconds of one or more training runs."""
+    return {"steps": sum(r.steps for r in runs), "samples": max(r.samples for r in runs),
+            "seconds": sum(r.seconds for r in runs)}
+
+
 def realign_heads(profile: Profile, tasks: Sequence[Task], encoders: dict[str, dict],
-                  heads: dict[str, dict], data: dict, seed: int = 0) -> dict[str, dict]:
-    """Head realignment on each (merged) encoder: heads start from ``heads``, encoder frozen."""
+                  heads: dict[str, dict], data: dict, seed: int = 0
+                  ) -> tuple[dict[str, dict], dict[str, float]]:
+    """Head realignment on each (merged) encoder: heads start from ``heads``, encoder frozen.
+
+    Returns the new heads and the cost (steps summed over distinct encoders, samples, seconds).
+    """
     from simo.train import retrain_heads
 
     r = profile.realign
     new: dict[str, dict] = {}
+    runs = []
     for ts, model in _models_per_encoder(profile, tasks, encoders, heads):
-        retrain_heads(model, ts, data, steps=r.head_steps, lr=r.head_lr, batch_size=r.batch_size,
-                      seed=seed, eval_batch_size=profile.eval_batch_size)
+        runs.append(retrain_heads(model, ts, data, steps=r.head_steps, lr=r.head_lr,
+                                  batch_size=r.batch_size, seed=seed,
+                                  eval_batch_size=profile.eval_batch_size))
         new.update({t.name: {k: v.clone() for k, v in model.heads[t.name].state_dict().items()}
                     for t in ts})
-    return new
+    return new, _cost(*runs)
+
+
+def realign_representation(profile: Profile, tasks: Sequence[Task], encoder: dict,
+                           heads: dict[str, dict], data: dict, seed: int = 0
+                           ) -> tuple[MultiTaskModel, dict[str, float]]:
+    """Representation realignment: zero-initialised adapters on the frozen merged encoder.
+
+    The heads are first realigned on cached features (cheap), then adapters + heads train together
+    with the equal-weight multi-task loss on the same small labelled set, starting exactly at the
+    head-realigned merged model. Returns the adapted model and the cost of both phases.
+    """
+    from simo.models.adapters import add_adapters
+    from simo.train import Phase, multitask_loss, run_phases
+
+    r = profile.realign
+    heads, head_cost = realign_heads(profile, tasks, {t.name: encoder for t in tasks}, heads,
+                                     data, seed)
+    model = model_from(profile, tasks, encoder, heads)
+    adapters = add_adapters(model.encoder.vit, r.adapter_rank, r.adapter_where)
+    head_params = [p for t in tasks for p in model.heads[t.name].parameters()]
+    phase = Phase("adapters", r.adapter_steps,
+                  [{"params": adapters, "lr": r.adapter_lr}, {"params": head_params,
+                                                              "lr": r.adapter_lr}],
+                  multitask_loss(model, tasks, {t.name: 1.0 for t in tasks}),
+                  warmup=min(20, r.adapter_steps // 10))
+    res = run_phases(model, [phase], data, batch_size=r.batch_size, seed=seed,
+                     desc="representation realignment", progress=False)
+    cost = {"steps": head_cost["steps"] + res.steps, "head_steps": head_cost["steps"],
+            "adapter_steps": res.steps, "samples": max(head_cost["samples"], res.samples),
+            "seconds": head_cost["seconds"] + res.seconds}
+    return model.eval(), cost
 
 
 def fisher_of(profile: Profile, art: cache.Artifact, task: str, seed: int = 0) -> dict:
@@ -287,31 +336,58 @@ class MergeSetup:
         limit = self.profile.merging.n_select if split == "val" else None
         return make_dataset(self.profile, split, limit=limit)
 
-    def _memo(self, kind: str, method: str, lam: float, split: str, fn) -> dict:
+    def _memo(self, kind: str, method: str, lam: float, split: str | None, fn) -> dict:
         params = ({} if method == "single_task" else
                   {k: v for k, v in self.params(method, lam).items() if k != "fishers"})
+        r = dataclasses.asdict(self.profile.realign)
         cfg = {"kind": kind, "method": method, "params": params, "split": split,
                "sources": self.sources, "seed": self.seed,
                "n_select": self.profile.merging.n_select,
-               "realign": dataclasses.asdict(self.profile.realign) if kind == "realigned" else None,
+               "realign": {k: r[k] for k in _REALIGN_KEYS.get(kind, ())} or None,
                "fisher_batches": self.profile.merging.fisher_batches if method == "fisher" else None}
-        return cache.memo("merge_eval", cfg, fn, modules=_code(self.profile, _EVAL_CODE))
+        # representation realignment's loop is assembled here and in the adapters module
+        code = _EVAL_CODE + (("models.adapters", "pipeline") if kind == "realigned-repr" else ())
+        return cache.memo("merge_eval", cfg, fn, modules=_code(self.profile, code))
 
     def evaluate(self, method: str, lam: float, split: str) -> dict[str, dict[str, float]]:
         """Metrics of each task's original head on its merged encoder (cached)."""
         return self._memo("original", method, lam, split, lambda: evaluate_encoders(
             self.profile, self.tasks, self.encoders(method, lam), self.heads, self.data(split)))
 
-    def realigned(self, method: str, lam: float, split: str) -> dict[str, dict[str, float]]:
-        """Metrics on ``split`` after head realignment on the small labelled set (cached)."""
+    def realign(self, method: str, lam: float, kind: str = "head") -> dict:
+        """Realign on the small labelled set, then score on val and test (cached).
+
+        ``kind``: ``"head"`` (heads only, features cached) or ``"repr"`` (adapters + heads).
+        Returns ``{"val": metrics, "test": metrics, "steps", "samples", "seconds"}``: one
+        realignment serves both λ selection (val) and the report (test).
+        """
+        if kind not in _REALIGN_KEYS:
+            raise MergeError(one_of(kind, tuple(_REALIGN_KEYS), "realignment kind"))
 
         def run() -> dict:
-            enc = self.encoders(method, lam)
-            heads = realign_heads(self.profile, self.tasks, enc, self.heads, self.data("small"),
-                                  self.seed)
-            return evaluate_encoders(self.profile, self.tasks, enc, heads, self.data(split))
+            enc, small = self.encoders(method, lam), self.data("small")
+            if kind == "head":
+                heads, cost = realign_heads(self.profile, self.tasks, enc, self.heads, small,
+                                            self.seed)
+                score = lambda split: evaluate_encoders(self.profile, self.tasks, enc, heads,  # noqa: E731
+                                                        self.data(split))
+            else:
+                if method in ("single_task", "tall_mask"):
+                    raise MergeError(f"representation realignment needs one shared encoder; "
+                                     f"{method!r} gives each task its own")
+                model, cost = realign_representation(self.profile, self.tasks,
+                                                     enc[self.names[0]], self.heads, small,
+                                                     self.seed)
+                score = lambda split: evaluate(model, self.tasks, self.data(split),  # noqa: E731
+                                               self.profile.eval_batch_size)
+            return {"val": score("val"), "test": score("test"), **cost}
 
-        return self._memo("realigned", method, lam, split, run)
+        return self._memo(f"realigned-{kind}", method, lam, None, run)
+
+    def realigned(self, method: str, lam: float, split: str,
+                  kind: str = "head") -> dict[str, dict[str, float]]:
+        """Metrics on ``split`` (val or test) after realignment (see :meth:`realign`)."""
+        return self.realign(method, lam, kind)[split]
 
 
 def merge_setup(profile: Profile, seed: int = 0, with_fisher: bool = False) -> MergeSetup:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 
 from simo import analysis
@@ -37,6 +39,22 @@ def test_select_on_validation_picks_best_and_breaks_ties_low():
     assert best == 0.3 and set(scores) == {0.0, 0.3, 0.6}
     best, _ = analysis.select_on_validation(lambda v: 1.0, [0.5, 0.1, 0.9])
     assert best == 0.1
+
+
+@given(st.floats(0.0, 1.0), st.integers(2, 4))
+def test_coarse_to_fine_selection_finds_the_best_of_a_unimodal_curve(peak, stride):
+    grid = [round(0.1 * i, 1) for i in range(11)]
+    calls = []
+
+    def score(v):
+        calls.append(v)
+        return -abs(v - peak)
+
+    full, _ = analysis.select_on_validation(lambda v: -abs(v - peak), grid)
+    best, scores = analysis.select_on_validation(score, grid, stride=stride)
+    assert best == full
+    assert len(calls) == len(set(calls)) == len(scores) < len(grid)
+    assert 0.0 in scores and 1.0 in scores
 
 
 def _hist(values, metric="abs_err"):
@@ -85,3 +103,27 @@ def test_learned_layer_coefficients_shape_and_freeze(smoke):
                                             batch_size=4)
     assert lam.shape == (1, smoke.model.depth) and not torch.equal(lam, torch.full_like(lam, 0.5))
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_mean_ci_matches_students_t_and_reports_seeds():
+    r = analysis.mean_ci([1.0, 2.0, 3.0])
+    assert r["mean"] == pytest.approx(2.0)
+    half = 4.303 * 1.0 / 3 ** 0.5  # t(0.975, df=2) · sd / sqrt(n)
+    assert r["ci95"] == pytest.approx([2.0 - half, 2.0 + half], rel=1e-4)
+    assert r["seeds"] == [1.0, 2.0, 3.0]
+    assert analysis.mean_ci([5.0])["ci95"] == [5.0, 5.0]
+    with pytest.raises(ValueError):
+        analysis.mean_ci([])
+
+
+def test_samples_seen_replays_the_training_loop(smoke):
+    from simo.train import Phase, run_phases
+
+    model = torch.nn.Linear(1, 1)
+    data = {"x": torch.rand(40, 1)}
+    phase = Phase("p", 7, [{"params": list(model.parameters()), "lr": 0.1}],
+                  lambda b, g: (model(b["x"]).square().mean(), {}))
+    res = run_phases(model, [phase], data, batch_size=8, seed=3, progress=False)
+    counts = analysis.samples_seen(40, 8, seed=3, steps=7)
+    assert counts[-1] == res.samples
+    assert counts == sorted(counts) and counts[0] <= 8

@@ -6,7 +6,7 @@ import torch
 
 from simo import cache, pipeline
 from simo.data import make_dataset
-from simo.errors import TaskError
+from simo.errors import MergeError, TaskError, TrainingError
 from simo.train import evaluate
 
 
@@ -152,11 +152,14 @@ def test_head_realignment_changes_heads_not_encoder(setup):
     data = make_dataset(setup.profile, "train")
     enc = setup.encoders("task_arithmetic", 0.5)
     before = {k: v.clone() for k, v in enc["depth"].items()}
-    heads = pipeline.realign_heads(setup.profile, setup.tasks, enc, setup.heads, data, seed=0)
+    heads, cost = pipeline.realign_heads(setup.profile, setup.tasks, enc, setup.heads, data,
+                                         seed=0)
+    assert cost["steps"] == setup.profile.realign.head_steps  # one shared encoder: one run
+    assert 0 < cost["samples"] <= len(data["image"])
     assert any(not torch.equal(heads["depth"][k], setup.heads["depth"][k]) for k in heads["depth"])
     assert all(torch.equal(enc["depth"][k], before[k]) for k in before)
     # deterministic per seed
-    again = pipeline.realign_heads(setup.profile, setup.tasks, enc, setup.heads, data, seed=0)
+    again, _ = pipeline.realign_heads(setup.profile, setup.tasks, enc, setup.heads, data, seed=0)
     assert all(torch.equal(heads["depth"][k], again["depth"][k]) for k in heads["depth"])
 
 
@@ -168,6 +171,48 @@ def test_evaluations_are_cached_and_keyed_by_method_and_lambda(setup, cache_dir)
     assert setup.evaluate("task_arithmetic", 0.0, "val") != a
     r = setup.realigned("task_arithmetic", 0.5, "val")
     assert set(r) == set(setup.names) and r != a
+    hits = cache.STATS["hits"]
+    assert setup.realigned("task_arithmetic", 0.5, "test") == setup.realign("task_arithmetic", 0.5)["test"]
+    assert cache.STATS["hits"] == hits + 2  # val and test come from one realignment
+
+
+def test_representation_realignment_counts_both_phases(setup):
+    rec = setup.realign("task_arithmetic", 0.5, kind="repr")
+    r = setup.profile.realign
+    assert rec["head_steps"] == r.head_steps and rec["adapter_steps"] == r.adapter_steps
+    assert rec["steps"] == r.head_steps + r.adapter_steps
+    assert rec["samples"] == len(setup.data("small")["image"])  # batches drawn from the small set
+    assert set(rec["test"]) == set(setup.names)
+    assert rec["test"] != setup.realign("task_arithmetic", 0.5, kind="head")["test"]
+
+
+def test_representation_realignment_needs_a_shared_encoder(setup):
+    with pytest.raises(MergeError, match="one shared encoder"):
+        setup.realign("tall_mask", 0.5, kind="repr")
+    with pytest.raises(MergeError, match="realignment kind"):
+        setup.realign("task_arithmetic", 0.5, kind="lora")
+
+
+def test_joint_mtl_uses_its_own_step_budget_and_weights(cache_dir, make_profile):
+    p = make_profile(**{"finetune.mtl_steps": 7})
+    art = pipeline.finetuned(p, ["segmentation", "depth"], progress=False)
+    assert art.meta["steps"] == p.finetune.head_steps + 7
+    single = pipeline.finetuned(p, "depth", progress=False)
+    assert single.meta["steps"] == p.finetune.head_steps + p.finetune.steps
+    # the MTL step budget does not enter single-task keys
+    assert single.key == pipeline.finetuned(make_profile(), "depth", progress=False).key
+    w = pipeline.finetuned(p, ["segmentation", "depth"], weights={"segmentation": 0.2,
+                                                                  "depth": 0.8}, progress=False)
+    u = pipeline.finetuned(p, ["segmentation", "depth"], weighting="uncertainty", progress=False)
+    assert len({art.key, w.key, u.key}) == 3
+    assert "weight/depth" in u.meta["history"][-1]
+
+
+def test_joint_mtl_rejects_bad_weights(cache_dir, make_profile):
+    with pytest.raises(TrainingError, match="not a task of this run"):
+        pipeline.finetuned(make_profile(), ["segmentation", "depth"], weights={"normals": 1.0})
+    with pytest.raises(TaskError, match="weighting"):
+        pipeline.finetuned(make_profile(), ["segmentation", "depth"], weighting="gradnorm")
 
 
 def test_realignment_set_is_a_seeded_train_subset(setup):

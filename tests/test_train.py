@@ -266,3 +266,35 @@ def test_evaluate_reports_every_metric_of_every_task(scenes):
             assert v == pytest.approx(b[t.name][m], rel=1e-4, abs=1e-6)
     only = evaluate(model, tasks[1:2], val)
     assert list(only) == ["depth"]
+
+
+def test_uncertainty_weighting_is_kendalls_loss_and_learns_to_downweight_noisy_tasks():
+    from simo.train import UncertaintyWeights
+
+    uw = UncertaintyWeights(["a", "b"])
+    with torch.no_grad():
+        uw.log_var.copy_(torch.tensor([0.0, math.log(4.0)]))
+    la, lb = torch.tensor(2.0), torch.tensor(8.0)
+    expected = (2.0 + 0.0) / 2 + (8.0 / 4.0 + math.log(4.0)) / 2
+    assert uw({"a": la, "b": lb}).item() == pytest.approx(expected)
+    assert uw.weights() == pytest.approx({"a": 0.5, "b": 0.125})
+    # minimising over s_t gives s_t = log ℓ_t: the larger loss ends up with the smaller weight
+    uw = UncertaintyWeights(["a", "b"])
+    opt = torch.optim.SGD(uw.parameters(), lr=0.1)
+    for _ in range(500):
+        opt.zero_grad()
+        uw({"a": la, "b": lb}).backward()
+        opt.step()
+    assert uw.log_var.tolist() == pytest.approx([math.log(2.0), math.log(8.0)], abs=1e-3)
+
+
+def test_loss_weights_are_checked():
+    from simo.train import check_weights
+
+    tasks = get_tasks(["segmentation", "depth"])
+    assert check_weights(tasks, None) == {"segmentation": 1.0, "depth": 1.0}
+    assert check_weights(tasks, {"depth": 2}) == {"segmentation": 0.0, "depth": 2.0}
+    for bad, msg in [({"edges": 1.0}, "not a task of this run"), ({"depth": -1.0}, "finite and >= 0"),
+                     ({"depth": float("nan")}, "finite and >= 0"), ({"depth": 0.0}, "every loss weight is 0")]:
+        with pytest.raises(TrainingError, match=msg):
+            check_weights(tasks, bad)
