@@ -21,6 +21,7 @@ NOTEBOOKS: dict[str, str] = {
     "00_data_and_tasks": "the synthetic scenes and every label",
     "01_pretrain_and_finetune": "pretraining, single-task finetuning, pretrained vs scratch",
     "02_misalignment": "merging encoders, the drop with original heads, and its diagnosis",
+    "03_realignment": "head and representation realignment vs joint MTL, with costs and seeds",
 }
 
 

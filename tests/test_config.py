@@ -204,3 +204,12 @@ def test_value_ranges():
     assert "mask_ratio" in _err(overrides={"pretrain.mask_ratio": 1.0})
     assert "finetune.lr must be >= 0" in _err(overrides={"finetune.lr": -1e-3})
     assert "pretrain.steps must be >= 0" in _err(overrides={"pretrain.steps": -1})
+
+
+def test_seeds_accept_lists_and_comma_strings_and_conflict_with_seed():
+    assert resolve("smoke", seeds="0, 2,5").seeds == (0, 2, 5)
+    assert resolve("smoke", seeds=[3]).seeds == (3,)
+    with pytest.raises(ConfigError, match="either seed or seeds"):
+        resolve("smoke", seed=1, seeds=[0, 1])
+    with pytest.raises(ConfigError, match="seeds must be integers"):
+        resolve("smoke", seeds="0,a")
