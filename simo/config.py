@@ -88,7 +88,7 @@ class RealignConfig:
     head_lr: float = 1e-3
     batch_size: int = 32
     adapter_rank: int = 16
-    adapter_steps: int = 200  # representation realignment: adapters + heads, encoder frozen
+    adapter_steps: int = 200  # representation realignment: adapters + heads (at head_lr), encoder frozen
     adapter_lr: float = 1e-3
     adapter_where: str = "block"  # block (x + BAx on each block's output, the paper) | lora
     select_stride: int = 1  # realigned-λ search: every k-th grid value, then the best's neighbours

@@ -30,8 +30,8 @@ _EVAL_CODE = _TRAIN_CODE + ("merging",)
 
 # realignment settings that each kind of cached realignment depends on
 _REALIGN_KEYS = {"head": ("n_samples", "head_steps", "head_lr", "batch_size"),
-                 "repr": ("n_samples", "head_steps", "head_lr", "batch_size", "adapter_rank",
-                          "adapter_steps", "adapter_lr", "adapter_where")}
+                 "repr": ("n_samples", "head_lr", "batch_size", "adapter_rank", "adapter_steps",
+                          "adapter_lr", "adapter_where")}
 
 
 def _code(profile: Profile, modules: tuple[str, ...] = _TRAIN_CODE) -> tuple[str, ...]:
@@ -249,30 +249,25 @@ def realign_representation(profile: Profile, tasks: Sequence[Task], encoder: dic
                            ) -> tuple[MultiTaskModel, dict[str, float]]:
     """Representation realignment: zero-initialised adapters on the frozen merged encoder.
 
-    The heads are first realigned on cached features (cheap), then adapters + heads train together
-    with the equal-weight multi-task loss on the same small labelled set, starting exactly at the
-    head-realigned merged model. Returns the adapted model and the cost of both phases.
+    Adapters and the original heads train together with the equal-weight multi-task loss on the
+    small labelled set (adapters at ``adapter_lr``, heads at ``head_lr``), starting exactly at the
+    merged model. Returns the adapted model and the cost (steps, samples, seconds).
     """
     from simo.models.adapters import add_adapters
     from simo.train import Phase, multitask_loss, run_phases
 
     r = profile.realign
-    heads, head_cost = realign_heads(profile, tasks, {t.name: encoder for t in tasks}, heads,
-                                     data, seed)
     model = model_from(profile, tasks, encoder, heads)
     adapters = add_adapters(model.encoder.vit, r.adapter_rank, r.adapter_where)
     head_params = [p for t in tasks for p in model.heads[t.name].parameters()]
     phase = Phase("adapters", r.adapter_steps,
                   [{"params": adapters, "lr": r.adapter_lr}, {"params": head_params,
-                                                              "lr": r.adapter_lr}],
+                                                              "lr": r.head_lr}],
                   multitask_loss(model, tasks, {t.name: 1.0 for t in tasks}),
                   warmup=min(20, r.adapter_steps // 10))
     res = run_phases(model, [phase], data, batch_size=r.batch_size, seed=seed,
                      desc="representation realignment", progress=False)
-    cost = {"steps": head_cost["steps"] + res.steps, "head_steps": head_cost["steps"],
-            "adapter_steps": res.steps, "samples": max(head_cost["samples"], res.samples),
-            "seconds": head_cost["seconds"] + res.seconds}
-    return model.eval(), cost
+    return model.eval(), _cost(res)
 
 
 def fisher_of(profile: Profile, art: cache.Artifact, task: str, seed: int = 0) -> dict:

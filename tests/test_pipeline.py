@@ -176,11 +176,10 @@ def test_evaluations_are_cached_and_keyed_by_method_and_lambda(setup, cache_dir)
     assert cache.STATS["hits"] == hits + 2  # val and test come from one realignment
 
 
-def test_representation_realignment_counts_both_phases(setup):
+def test_representation_realignment_counts_its_steps_and_samples(setup):
     rec = setup.realign("task_arithmetic", 0.5, kind="repr")
     r = setup.profile.realign
-    assert rec["head_steps"] == r.head_steps and rec["adapter_steps"] == r.adapter_steps
-    assert rec["steps"] == r.head_steps + r.adapter_steps
+    assert rec["steps"] == r.adapter_steps
     assert rec["samples"] == len(setup.data("small")["image"])  # batches drawn from the small set
     assert set(rec["test"]) == set(setup.names)
     assert rec["test"] != setup.realign("task_arithmetic", 0.5, kind="head")["test"]
