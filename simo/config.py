@@ -22,12 +22,12 @@ from simo.errors import ConfigError, one_of
 class DataConfig:
     dataset: str = "scenes"  # scenes | nyuv2 | cityscapes | taskonomy
     data_root: str | None = None  # directory holding a real dataset (unused for scenes)
-    image_size: int = 48  # square side of rendered scenes
+    image_size: int = 48  # square side of rendered scenes; short side of real images (downscaled)
     n_pretrain: int = 8000  # pretraining scenes (other distribution)
     n_train: int = 3000
     n_val: int = 500
     n_test: int = 500
-    num_classes: int = 6  # segmentation classes
+    num_classes: int | None = None  # segmentation classes; None: the dataset's (DATASET_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class FinetuneConfig:
     eval_every: int = 100  # validation curve resolution (steps)
     ckpt_every: int = 250  # resumable checkpoints (steps)
     n_eval: int = 500  # validation images used for the curves
+    scales: tuple[float, ...] = (1.0,)  # random zoom + crop (paper: 1, 1.2, 1.5); 1: flips only
 
 
 @dataclass(frozen=True)
@@ -182,9 +183,20 @@ def load_profile(name: str, overrides: Mapping[str, Any] | None = None) -> Profi
     raw.setdefault("name", name)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
-    profile = _build(Profile, raw, "")
+    profile = _dataset_defaults(_build(Profile, raw, ""))
     _check_values(profile)
     return profile
+
+
+def _dataset_defaults(p: Profile) -> Profile:
+    """Fill in what the dataset decides: its number of classes, and ``{data_root}`` in
+    ``model.weights`` (so a profile can say "the DINOv2 file next to the datasets")."""
+    d, m = p.data, p.model
+    if d.num_classes is None:
+        d = dataclasses.replace(d, num_classes=DATASET_CLASSES.get(d.dataset, (6,))[0])
+    if m.weights and "{data_root}" in m.weights and d.data_root:
+        m = dataclasses.replace(m, weights=m.weights.replace("{data_root}", d.data_root))
+    return dataclasses.replace(p, data=d, model=m)
 
 
 def _check_values(p: Profile) -> None:
@@ -201,6 +213,13 @@ def _check_values(p: Profile) -> None:
         raise ConfigError(one_of(p.device, ("cpu", "cuda", "auto"), "device"))
     if p.data.dataset not in DATASETS:
         raise ConfigError(one_of(p.data.dataset, DATASETS, "dataset"))
+    classes = DATASET_CLASSES.get(p.data.dataset)
+    if classes and p.data.num_classes not in classes:
+        raise ConfigError(f"data.num_classes {p.data.num_classes} does not fit {p.data.dataset}: "
+                          f"choose one of {', '.join(map(str, classes))} (or leave it unset)")
+    if not p.finetune.scales or min(p.finetune.scales) < 1.0:
+        raise ConfigError(f"finetune.scales must be zoom factors >= 1, e.g. [1.0, 1.2, 1.5], got "
+                          f"{list(p.finetune.scales)}")
     if p.model.head not in ("linear", "dpt"):
         raise ConfigError(one_of(p.model.head, ("linear", "dpt"), "model.head"))
     for f in ("patch_size", "embed_dim", "depth", "num_heads"):
@@ -222,6 +241,9 @@ def _check_values(p: Profile) -> None:
 
 
 DATASETS = ("scenes", "nyuv2", "cityscapes", "taskonomy")
+# Segmentation classes a real dataset ships, the default first: NYUv2's 13-class MTAN labels;
+# Cityscapes' 19 classes (label_19) or 7 categories (label_7). Others: 6 (what scenes render).
+DATASET_CLASSES: dict[str, tuple[int, ...]] = {"nyuv2": (13,), "cityscapes": (19, 7)}
 
 
 def _names(value: Any) -> list:
@@ -256,6 +278,10 @@ def resolve(profile: str = "tiny", *, seed: int | None = None, seeds: Any = None
     if tasks is not None:
         ov["tasks"] = _names(tasks)
     if dataset is not None:
+        own = load_profile(profile).data.dataset
+        if own != "scenes" and dataset != own:
+            raise ConfigError(f"profile {profile!r} is made for {own}, not {dataset!r}: pass "
+                              f"dataset={own!r} (-p dataset {own})")
         ov["data.dataset"] = dataset
     if data_root is not None:
         ov["data.data_root"] = str(data_root)

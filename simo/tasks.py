@@ -44,9 +44,11 @@ __all__ = [
 ]
 
 TASK_NAMES: tuple[str, ...] = (
-    "segmentation", "depth", "normals", "edges", "keypoints", "autoencoder",
+    "segmentation", "depth", "normals", "edges", "keypoints", "autoencoder", "disparity", "parts",
 )
 DEFAULT_NUM_CLASSES = 6
+# Cityscapes part segmentation (the SIMO code's mapping): background + 9 human/vehicle parts.
+PART_CLASSES = 10
 # Edge pixels are ~5-10 % of an image; weighting positives by a fixed 4 keeps the head from
 # collapsing to "no edge everywhere" without the batch-dependent weights of HED-style losses
 # (a constant keeps the loss a fixed function of the prediction, which merging analyses need).
@@ -178,7 +180,7 @@ class SegmentationTask(Task):
         t = target[valid]
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= c):
             raise TaskError(
-                f"task 'segmentation': labels must be -1 (ignore) or in [0, {c - 1}], "
+                f"task {self.name!r}: labels must be -1 (ignore) or in [0, {c - 1}], "
                 f"got range [{int(t.min())}, {int(t.max())}]; check num_classes"
             )
         p = pred.argmax(dim=1)[valid]
@@ -444,6 +446,14 @@ def get_task(name: str, num_classes: int | None = None) -> Task:
     if name == "autoencoder":
         return AutoencoderTask(
             "autoencoder", "image", 3, (Metric("l1", False), Metric("psnr", True)), "l1")
+    if name == "disparity":  # Cityscapes: inverse depth, 0 = invalid, same metrics as depth
+        return DepthTask(
+            "disparity", "disparity", 1, (Metric("abs_err", False), Metric("rel_err", False)),
+            "abs_err")
+    if name == "parts":
+        return SegmentationTask(
+            "parts", "part", PART_CLASSES, (Metric("miou", True), Metric("pixel_acc", True)),
+            "miou")
     raise TaskError(one_of(name, TASK_NAMES, "task"))
 
 

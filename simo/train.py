@@ -42,10 +42,12 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def sample_batch(data: Batch, batch_size: int, g: torch.Generator, flip: bool = True) -> tuple[Batch, Tensor]:
+def sample_batch(data: Batch, batch_size: int, g: torch.Generator, flip: bool = True,
+                 scales: Sequence[float] = (1.0,)) -> tuple[Batch, Tensor]:
     """A random minibatch (with replacement) and its indices; optional horizontal flips.
 
     Flipping mirrors every spatial field and negates the x component of surface normals.
+    ``scales`` other than 1 add the paper's random zoom + crop (:func:`simo.data.random_zoom`).
     """
     n = len(next(iter(data.values())))
     idx = torch.randint(n, (batch_size,), generator=g)
@@ -58,6 +60,10 @@ def sample_batch(data: Batch, batch_size: int, g: torch.Generator, flip: bool = 
             sign = torch.ones(batch_size, 3, 1, 1)
             sign[f, 0] = -1.0
             batch["normal"] = batch["normal"] * sign
+    if any(s != 1.0 for s in scales):
+        from simo.data import random_zoom
+
+        batch = random_zoom(batch, scales, g)
     return batch, idx
 
 
@@ -155,7 +161,8 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
                batch_size: int, seed: int, weight_decay: float = 0.0, grad_clip: float = 0.0,
                eval_fn: Callable[[], dict] | None = None, eval_every: int = 0,
                partial_dir: Path | None = None, ckpt_every: int = 0, flip: bool = True,
-               desc: str = "train", progress: bool = True) -> LoopResult:
+               scales: Sequence[float] = (1.0,), desc: str = "train",
+               progress: bool = True) -> LoopResult:
     """Run phases back to back; each phase gets a fresh AdamW and its own warm-up/cosine schedule.
 
     Parameters not listed in the current phase's groups are frozen for that phase. ``eval_fn`` is called every
@@ -196,7 +203,7 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
             for g, spec in zip(opt.param_groups, phase.groups):
                 g["lr"] = spec["lr"] * f
             gen = step_generator(seed, gstep)
-            batch, idx = sample_batch(data, batch_size, gen, flip)
+            batch, idx = sample_batch(data, batch_size, gen, flip, scales)
             batch = to_device(batch, device)
             seen[idx] = True
             loss, logs = phase.loss_fn(batch, gen)
@@ -367,7 +374,8 @@ def finetune(model: nn.Module, tasks: Sequence[Task], train: Batch, val: Batch, 
         return run_phases(model, phases, train, batch_size=cfg.batch_size, seed=seed,
                           weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_fn=eval_fn,
                           eval_every=cfg.eval_every, partial_dir=partial_dir,
-                          ckpt_every=cfg.ckpt_every, desc=desc, progress=progress)
+                          ckpt_every=cfg.ckpt_every, scales=cfg.scales, desc=desc,
+                          progress=progress)
     finally:
         if uw is not None:
             del model.loss_weights

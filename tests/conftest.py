@@ -10,7 +10,7 @@ torch.set_num_threads(1)  # the test machines are small and shared
 
 TINY = {
     "data.n_pretrain": 16, "data.n_train": 16, "data.n_val": 8, "data.n_test": 8,
-    "data.image_size": 32, "data.num_classes": 6,
+    "data.image_size": 32,
     "model.patch_size": 8, "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2,
     "model.feature_blocks": [0, 1], "model.head": "linear",
     "pretrain.steps": 3, "pretrain.batch_size": 8,

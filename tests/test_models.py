@@ -256,3 +256,51 @@ def test_load_encoder_weights_errors(tmp_path):
 
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 7)
     assert "corrupt" in _load_error(enc, tmp_path / "bad.safetensors")
+
+
+# ------------------------------------------------------------------------------- DINOv2 ViT-B/14
+
+DINO = ModelConfig(arch="vit_base_patch14_dinov2", patch_size=14, embed_dim=768, depth=12,
+                   num_heads=12, feature_blocks=(2, 5, 8, 11))  # the paper's blocks 3/6/9/12
+
+
+def test_pad_to_patches_centres_the_image():
+    from simo.models.encoder import pad_to_patches
+
+    x = torch.rand(1, 2, 3, 5)
+    y = pad_to_patches(x, 4)
+    assert y.shape == (1, 2, 4, 8)
+    assert torch.equal(y[:, :, 0:3, 1:6], x)  # 1 row below; 1 column left, 2 right
+    assert y.abs().sum() == x.abs().sum()
+    assert pad_to_patches(y, 4) is y
+
+
+@torch.no_grad()
+def test_dinov2_vitb14_features_weights_file_and_dpt_head(tmp_path):
+    """One ViT-B build (random weights, nothing downloaded): block features + CLS at a size that
+    is no multiple of 14, a DINOv2-style weights file (518 px positions, Meta's mask token)
+    saved and loaded back, and the paper's DPT head size."""
+    enc = build_encoder(DINO, 56).eval()
+    vit = enc.vit
+    assert 85e6 < sum(p.numel() for p in vit.parameters()) < 87e6 and enc.patch_size == 14
+    x = torch.rand(1, 3, 60, 80, generator=torch.Generator().manual_seed(0))
+    maps, cls = enc(x)  # padded to 70 x 84: a 5 x 6 grid
+    assert [tuple(m.shape) for m in maps] == [(1, 768, 5, 6)] * 4
+    assert [tuple(c.shape) for c in cls] == [(1, 768)] * 4
+    head = build_head("dpt", enc.dims, 19, use_cls=True)
+    assert 3.4e6 < sum(p.numel() for p in head.parameters()) < 3.7e6  # the paper's ~3.5M
+    assert head(maps, cls, (60, 80)).shape == (1, 19, 60, 80)
+
+    state = {k: v.clone() for k, v in vit.state_dict().items()}
+    state["pos_embed"] = torch.randn(1, 1 + 37 * 37, 768)  # DINOv2 ships 518 px positions
+    state["mask_token"] = torch.zeros(1, 768)  # Meta's checkpoints carry it; timm has none
+    path = tmp_path / "dinov2.safetensors"
+    save_tensors(path, state)
+    for p in vit.parameters():
+        p.zero_()
+    load_encoder_weights(enc, path)
+    assert vit.pos_embed.shape == (1, 1 + 4 * 4, 768)  # resampled to the 56 px grid
+    assert torch.equal(vit.pos_embed[:, 0], state["pos_embed"][:, 0])
+    own = vit.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items()
+               if k not in ("pos_embed", "mask_token"))

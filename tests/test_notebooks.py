@@ -6,10 +6,13 @@ temporary cache so later notebooks reuse earlier artifacts, as in a real batch r
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
+from real_fixtures import write_nyuv2
 from simo import paths, runner
+from simo.config import load_profile
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +104,37 @@ def test_same_profile_and_seed_give_identical_results(nb_cache, tmp_path, monkey
     rec = runner.run_notebook("01_pretrain_and_finetune", "smoke", out_dir=tmp_path)
     assert rec.status == "ok", rec.error
     assert res.read_text() == first
+
+
+@pytest.fixture
+def nb_env(tmp_path, monkeypatch):
+    """A fresh cache for the papermill kernel, which must import this checkout's ``simo``."""
+    monkeypatch.setenv("SIMO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
+        str(paths.ROOT), os.environ.get("PYTHONPATH")])))
+    return tmp_path
+
+
+def test_notebook_02_runs_on_the_nyuv2_fixture(nb_env):
+    """Notebook 02 end to end on smoke against MTAN-layout NYUv2, encoder from a weights file."""
+    from simo.cache import save_tensors
+    from simo.models import build_encoder
+
+    root = write_nyuv2(nb_env / "data", n_train=12, n_val=10)
+    smoke = load_profile("smoke")
+    weights = nb_env / "encoder.safetensors"
+    encoder = build_encoder(smoke.model, smoke.data.image_size, seed=5)
+    save_tensors(weights, encoder.vit.state_dict())
+    overrides = {"model.weights": str(weights), "realign.n_samples": 8, "realign.head_steps": 2,
+                 "finetune.scales": [1.0, 1.5], "finetune.steps": 4, "finetune.eval_every": 4,
+                 "merging.lam_grid": [0.5, 1.0]}  # fewer steps and merges: seconds, not a minute
+    rec = runner.run_notebook("02_misalignment", "smoke", {
+        "dataset": "nyuv2", "data_root": str(root), "overrides": overrides,
+        "methods": ["task_arithmetic", "weight_average"], "ada_steps": 2},
+        out_dir=nb_env / "build")
+    assert rec.status == "ok", rec.error
+    res = json.loads((paths.figures_dir("smoke", "02_misalignment") / "results.json").read_text())
+    assert set(res["single_task_test"]) == {"segmentation", "depth", "normals"}
+    assert set(res["lambda"]["original_heads"]) == {"task_arithmetic", "weight_average"}
+    assert (nb_env / "cache" / "weights").is_dir()  # the encoder came from the weights file
+    assert not (nb_env / "cache" / "pretrained").exists()

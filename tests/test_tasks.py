@@ -36,8 +36,9 @@ def _one_hot_logits(labels: torch.Tensor, c: int) -> torch.Tensor:
 def test_registry_names_and_shapes() -> None:
     tasks = get_tasks(list(TASK_NAMES))
     assert [t.name for t in tasks] == list(TASK_NAMES)
-    assert [t.target for t in tasks] == ["label", "depth", "normal", "edge", "keypoint", "image"]
-    assert [t.channels for t in tasks] == [6, 1, 3, 1, 1, 3]
+    assert [t.target for t in tasks] == ["label", "depth", "normal", "edge", "keypoint", "image",
+                                         "disparity", "part"]
+    assert [t.channels for t in tasks] == [6, 1, 3, 1, 1, 3, 1, 10]
     for t in tasks:
         assert isinstance(t, Task)
         assert t.main_metric in t.metric_names
@@ -51,7 +52,7 @@ def test_get_task_errors() -> None:
         get_task("semseg")
     assert str(e.value) == (
         "unknown task 'semseg'; choose one of: "
-        "segmentation, depth, normals, edges, keypoints, autoencoder"
+        "segmentation, depth, normals, edges, keypoints, autoencoder, disparity, parts"
     )
     with pytest.raises(TaskError, match="listed twice"):
         get_tasks(["depth", "depth"])
@@ -264,6 +265,8 @@ def _batch(g: torch.Generator) -> dict[str, torch.Tensor]:
         "normal": normal,
         "edge": (torch.rand(b, 1, h, w, generator=g) < 0.2).float(),
         "keypoint": torch.rand(b, 1, h, w, generator=g),
+        "disparity": depth.clone(),
+        "part": torch.randint(-1, 10, (b, h, w), generator=g),
     }
 
 
@@ -273,7 +276,7 @@ def test_loss_decreases_with_one_sgd_step(name: str) -> None:
     task = get_task(name)
     target = _batch(g)[task.target]
     pred = torch.nn.Parameter(torch.randn(2, task.channels, 4, 5, generator=g))
-    opt = torch.optim.SGD([pred], lr=0.5 if name != "segmentation" else 5.0)
+    opt = torch.optim.SGD([pred], lr=5.0 if name in ("segmentation", "parts") else 0.5)
     before = task.loss(pred, target)
     assert before.dim() == 0 and torch.isfinite(before)
     before.backward()

@@ -4,14 +4,17 @@ The embedded default renders synthetic scenes (``simo.data.scenes``) once per co
 the artifact cache, in the same MTAN on-disk layout as real NYUv2, and reads them back with the
 same loader (``simo.data.mtan``). A dataset is a ``dict[str, Tensor]`` in training layout:
 ``image`` (N,3,H,W) float in [0,1]; ``label`` (N,H,W) int64, -1 ignore; ``depth`` (N,1,H,W), 0
-invalid; ``normal`` (N,3,H,W), zero invalid; ``edge`` and ``keypoint`` (N,1,H,W).
+invalid; ``normal`` (N,3,H,W), zero invalid; ``edge`` and ``keypoint`` (N,1,H,W). Real datasets
+(``simo.data.real``) add ``disparity`` (N,1,H,W), 0 invalid, and ``part`` (N,H,W) int64, -1 ignore.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from simo import cache
@@ -22,6 +25,7 @@ SPLITS = ("pretrain", "train", "val", "test")
 # Fixed data seeds: the dataset is part of the study's definition; experiment seeds vary training.
 _SPLIT_SEEDS = {"pretrain": 1000, "train": 1001, "val": 1002, "test": 1003}
 _SPLIT_FIELDS = {"pretrain": ("image",)}
+LABEL_FIELDS = ("label", "part")  # class maps: int64, nearest resampling, -1 = ignore
 
 
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, Tensor]:
@@ -29,7 +33,7 @@ def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for k, a in arrays.items():
         t = torch.from_numpy(np.ascontiguousarray(a))
-        if k == "label":
+        if k in LABEL_FIELDS:
             out[k] = t.long()
         elif t.ndim == 4:
             out[k] = t.float().permute(0, 3, 1, 2).contiguous()
@@ -103,8 +107,7 @@ def _read_real(profile: Profile, split: str, fields: tuple[str, ...] | None
     """A real dataset's split, once per process (``simo.data.real`` does the reading)."""
     from simo.data import real
 
-    key = ("real", profile.data.dataset, profile.data.data_root, profile.data.image_size, split,
-           fields)
+    key = ("real", profile.data, profile.tasks, split, fields)
     if key not in _MEMO:
         _MEMO[key] = to_tensors(real.load(profile, split, fields))
     return dict(_MEMO[key])
@@ -118,3 +121,39 @@ def subset(data: dict[str, Tensor], n: int, seed: int) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(total, generator=g)[:n].sort().values
     return {k: v[idx] for k, v in data.items()}
+
+
+def random_zoom(batch: dict[str, Tensor], scales: Sequence[float], g: torch.Generator
+                ) -> dict[str, Tensor]:
+    """Zoom each sample by a factor drawn from ``scales`` and crop a random window of the original
+    size: the paper's NYUv2 / Cityscapes augmentation, applied identically to every field.
+
+    The image is resampled bilinearly, every target by nearest neighbour (labels stay labels,
+    invalid pixels stay invalid). As in MTAN and the SIMO code, depth is divided by the factor and
+    disparity multiplied (a k times larger object looks k times closer); normals keep their
+    direction. Factors must be >= 1 (no padding needed).
+    """
+    n, (h, w) = len(batch["image"]), batch["image"].shape[-2:]
+    pick = torch.randint(len(scales), (n,), generator=g)
+    corner = torch.rand(n, 2, generator=g)
+    out = {k: v.clone() for k, v in batch.items()}
+    for j, s in enumerate(scales):
+        rows = (pick == j).nonzero().flatten().tolist()
+        if s == 1.0 or not rows:
+            continue
+        hh, ww = int(h * s), int(w * s)
+        for k, v in batch.items():
+            x = v[rows].float()
+            x = x if x.ndim == 4 else x[:, None]
+            x = (F.interpolate(x, size=(hh, ww), mode="bilinear", align_corners=False)
+                 if k == "image" else F.interpolate(x, size=(hh, ww), mode="nearest"))
+            if k == "depth":
+                x = x / s
+            elif k == "disparity":
+                x = x * s
+            for r, i in enumerate(rows):
+                top = int(corner[i, 0] * (hh - h + 1))
+                left = int(corner[i, 1] * (ww - w + 1))
+                crop = x[r, :, top:top + h, left:left + w]
+                out[k][i] = (crop if v.ndim == 4 else crop[0]).to(v.dtype)
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simo.config import ModelConfig
@@ -38,6 +39,7 @@ class Encoder(nn.Module):
         return self.vit.patch_embed.patch_size[0]
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
+        x = pad_to_patches(x, self.patch_size)
         out = self.vit.forward_intermediates(
             x, indices=list(self.feature_blocks), return_prefix_tokens=self.use_cls,
             norm=False, stop_early=True, output_fmt="NCHW", intermediates_only=True)
@@ -45,6 +47,17 @@ class Encoder(nn.Module):
             return list(out), [None] * len(out)
         maps, prefix = zip(*out)
         return list(maps), [p[:, 0] for p in prefix]
+
+
+def pad_to_patches(x: Tensor, patch: int) -> Tensor:
+    """Zero-pad H and W evenly on both sides to multiples of the patch size (as the SIMO code's
+    CenterPadding): real images (NYUv2 288x384) are no multiple of DINOv2's 14 pixels, and a ViT
+    would silently drop the remainder. Heads still upsample to the unpadded size."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % patch, -w % patch
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
 
 
 def build_vit(cfg: ModelConfig, image_size: int) -> nn.Module:
@@ -76,6 +89,7 @@ def load_encoder_weights(enc: Encoder, path: str | Path) -> None:
         raise CheckpointError(f"encoder weights file {path} does not exist; set model.weights to a "
                               "local .safetensors file")
     state = load_tensors(path)
+    state.pop("mask_token", None)  # DINOv2 (Meta) checkpoints keep their iBOT mask token
     own = enc.vit.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith("head")}
     missing = sorted(set(own) - set(state))
