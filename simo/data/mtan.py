@@ -142,13 +142,14 @@ def split_size(root: str | Path, split: str) -> int:
     return _check_counts(root, split, {f: _field_files(root, split, f) for f in fields})
 
 
-def _load(path: Path) -> np.ndarray:
+def load_npy(path: Path) -> np.ndarray:
+    """A plain numeric ``.npy`` array (never unpickled), or a one-line DataError."""
     try:
         a = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"cannot read {path}: {_one_line(e)}; re-create it as a plain numeric "
                         ".npy array (no pickles)") from None
-    if not isinstance(a, np.ndarray) or a.dtype == object:
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
         raise DataError(f"cannot read {path}: not a plain numeric .npy array; re-create it")
     return a
 
@@ -171,12 +172,12 @@ def read_split(root: str | Path, split: str, fields: Sequence[str]) -> dict[str,
     n = _check_counts(root, split, files)
     out = {}
     for field, paths in files.items():
-        first = _load(paths[0])
+        first = load_npy(paths[0])
         squeeze = field == "depth" and first.ndim == 3 and first.shape[-1] == 1
         shape = first.shape[:-1] if squeeze else first.shape
         arr = np.empty((n,) + shape, first.dtype)
         for i, p in enumerate(paths):
-            a = first if i == 0 else _load(p)
+            a = first if i == 0 else load_npy(p)
             if a.shape != first.shape:
                 raise DataError(f"{p} has shape {a.shape} but {paths[0]} has {first.shape}; all "
                                 f"samples of '{split}/{field}' must share one shape")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from simo.data import LABEL_FIELDS
+from simo.data.mtan import load_npy as read_npy  # noqa: F401 (the loaders' one .npy reader)
 from simo.errors import DataError
 from simo.tasks import PART_CLASSES
 
@@ -26,18 +27,6 @@ Reader = Callable[[], Sample]
 
 SMOOTH_FIELDS = ("image", "edge", "keypoint")  # resampled bilinearly; the rest by nearest neighbour
 _INDEX = re.compile(r"(0|[1-9][0-9]*)\.npy")
-
-
-def read_npy(path: Path) -> np.ndarray:
-    """A plain numeric ``.npy`` array (never unpickled), or a one-line DataError."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {' '.join(str(e).split())}; re-create it as a plain "
-                        "numeric .npy array") from None
-    if a.dtype.kind not in "biuf":
-        raise DataError(f"cannot read {path}: dtype {a.dtype} is not numeric; re-create it")
-    return a
 
 
 def npy_count(d: Path, what: str, layout: str) -> int:
