@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from simo.data import LABEL_FIELDS
-from simo.data.mtan import load_npy as read_npy  # noqa: F401 (the loaders' one .npy reader)
+from simo.data.mtan import load_npy as read_npy  # noqa: F401 (one .npy reader)
 from simo.errors import DataError
 from simo.tasks import PART_CLASSES
 
