@@ -335,10 +335,11 @@ class MergeSetup:
         params = ({} if method == "single_task" else
                   {k: v for k, v in self.params(method, lam).items() if k != "fishers"})
         r = dataclasses.asdict(self.profile.realign)
+        keys = _REALIGN_KEYS.get(kind.removeprefix("realigned-"), ())
         cfg = {"kind": kind, "method": method, "params": params, "split": split,
                "sources": self.sources, "seed": self.seed,
                "n_select": self.profile.merging.n_select,
-               "realign": {k: r[k] for k in _REALIGN_KEYS.get(kind, ())} or None,
+               "realign": {k: r[k] for k in keys} or None,
                "fisher_batches": self.profile.merging.fisher_batches if method == "fisher" else None}
         # representation realignment's loop is assembled here and in the adapters module
         code = _EVAL_CODE + (("models.adapters", "pipeline") if kind == "realigned-repr" else ())

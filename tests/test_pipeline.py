@@ -176,6 +176,17 @@ def test_evaluations_are_cached_and_keyed_by_method_and_lambda(setup, cache_dir)
     assert cache.STATS["hits"] == hits + 2  # val and test come from one realignment
 
 
+def test_realignment_cache_is_keyed_by_the_realignment_budget(setup):
+    import dataclasses
+
+    short = dataclasses.replace(setup.profile, realign=dataclasses.replace(
+        setup.profile.realign, head_steps=2, adapter_steps=3))
+    other = dataclasses.replace(setup, profile=short)
+    assert other.realign("task_arithmetic", 0.5, "head")["steps"] == 2
+    assert other.realign("task_arithmetic", 0.5, "repr")["steps"] == 3
+    assert setup.realign("task_arithmetic", 0.5, "head")["steps"] == setup.profile.realign.head_steps
+
+
 def test_representation_realignment_counts_its_steps_and_samples(setup):
     rec = setup.realign("task_arithmetic", 0.5, kind="repr")
     r = setup.profile.realign
