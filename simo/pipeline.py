@@ -331,15 +331,15 @@ class MergeSetup:
         limit = self.profile.merging.n_select if split == "val" else None
         return make_dataset(self.profile, split, limit=limit)
 
-    def _memo(self, kind: str, method: str, lam: float, split: str | None, fn) -> dict:
+    def _memo(self, kind: str, method: str, lam: float, split: str | None, fn,
+              realign_keys: tuple[str, ...] = ()) -> dict:
         params = ({} if method == "single_task" else
                   {k: v for k, v in self.params(method, lam).items() if k != "fishers"})
         r = dataclasses.asdict(self.profile.realign)
-        keys = _REALIGN_KEYS.get(kind.removeprefix("realigned-"), ())
         cfg = {"kind": kind, "method": method, "params": params, "split": split,
                "sources": self.sources, "seed": self.seed,
                "n_select": self.profile.merging.n_select,
-               "realign": {k: r[k] for k in keys} or None,
+               "realign": {k: r[k] for k in realign_keys} or None,
                "fisher_batches": self.profile.merging.fisher_batches if method == "fisher" else None}
         # representation realignment's loop is assembled here and in the adapters module
         code = _EVAL_CODE + (("models.adapters", "pipeline") if kind == "realigned-repr" else ())
@@ -378,7 +378,7 @@ class MergeSetup:
                                                self.profile.eval_batch_size)
             return {"val": score("val"), "test": score("test"), **cost}
 
-        return self._memo(f"realigned-{kind}", method, lam, None, run)
+        return self._memo(f"realigned-{kind}", method, lam, None, run, _REALIGN_KEYS[kind])
 
     def realigned(self, method: str, lam: float, split: str,
                   kind: str = "head") -> dict[str, dict[str, float]]:
