@@ -108,7 +108,14 @@ def block_similarity(vit_a: torch.nn.Module, vit_b: torch.nn.Module,
             "cosine": [mean_cosine(a, b) for a, b in zip(fa, fb)]}
 
 
-def select_on_validation(score: Callable[[float], float], grid: Sequence[float], stride: int = 1
+def first_round(grid: Sequence[float], stride: int = 1) -> list[float]:
+    """The values :func:`select_on_validation` scores first: every ``stride``-th and the last."""
+    values = [float(v) for v in grid]
+    return [values[i] for i in sorted(set(range(0, len(values), stride)) | {len(values) - 1})]
+
+
+def select_on_validation(score: Callable[[float], float], grid: Sequence[float], stride: int = 1,
+                         prefetch: Callable[[list[float]], object] | None = None
                          ) -> tuple[float, dict[float, float]]:
     """The paper's protocol: score grid values on validation, keep the best (higher = better).
 
@@ -116,6 +123,8 @@ def select_on_validation(score: Callable[[float], float], grid: Sequence[float],
     (for expensive scores, e.g. a realignment per value) only every k-th value and the last are
     scored first, then the neighbours of the current best until both of its neighbours are scored:
     a coarse-to-fine search that finds the grid's best value whenever the curve is unimodal.
+    ``prefetch(values)``, if given, is called with each round's values before they are scored
+    (e.g. :func:`simo.jobs.prefetch` computing them side by side).
     Returns the best value and the scores of the values actually evaluated.
     """
     values = [float(v) for v in grid]
@@ -127,8 +136,10 @@ def select_on_validation(score: Callable[[float], float], grid: Sequence[float],
         return max((i for i, v in enumerate(values) if v in scores),
                    key=lambda i: (scores[values[i]], -values[i]))
 
-    todo = sorted(set(range(0, len(values), stride)) | {len(values) - 1})
+    todo = [values.index(v) for v in first_round(values, stride)]
     while todo:
+        if prefetch is not None:
+            prefetch([values[i] for i in todo])
         for i in todo:
             scores[values[i]] = float(score(values[i]))
         b = best_index()

@@ -96,6 +96,18 @@ class RealignConfig:
 
 
 @dataclass(frozen=True)
+class JobsConfig:
+    """How independent jobs (seeds, tasks, λ values) run: see :mod:`simo.jobs`."""
+
+    executor: str = "local"  # local | submitit-local | slurm
+    workers: int = 1  # jobs at once; 1 (local) = each in the notebook's process when it is needed
+    threads: int = 0  # torch threads per job; 0 = num_threads // workers
+    slurm_partition: str | None = None
+    slurm_gpus: int = 1
+    slurm_time_min: int = 240
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     tasks: tuple[str, ...] = ("segmentation", "depth", "normals")
@@ -109,6 +121,7 @@ class Profile:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     merging: MergeConfig = field(default_factory=MergeConfig)
     realign: RealignConfig = field(default_factory=RealignConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,7 +246,13 @@ def _check_values(p: Profile) -> None:
         raise ConfigError(f"model.feature_blocks {bad} out of range for depth {p.model.depth}")
     if not 0.0 < p.pretrain.mask_ratio < 1.0:
         raise ConfigError(f"pretrain.mask_ratio must be in (0, 1), got {p.pretrain.mask_ratio}")
-    for sec in ("pretrain", "finetune", "realign"):
+    from simo.jobs import EXECUTORS
+
+    if p.jobs.executor not in EXECUTORS:
+        raise ConfigError(one_of(p.jobs.executor, EXECUTORS, "jobs.executor"))
+    if p.jobs.workers < 1:
+        raise ConfigError(f"jobs.workers must be >= 1, got {p.jobs.workers}")
+    for sec in ("pretrain", "finetune", "realign", "jobs"):
         for f in dataclasses.fields(getattr(p, sec)):
             v = getattr(getattr(p, sec), f.name)
             if isinstance(v, (int, float)) and v < 0:

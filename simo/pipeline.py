@@ -8,6 +8,7 @@ one loads it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -306,6 +307,10 @@ class MergeSetup:
     def names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    def __reduce__(self):
+        """Pickle as the recipe, not the tensors: a job worker rebuilds it from the cache."""
+        return _setup_from, (self.profile, self.seed, self.fishers is not None)
+
     def params(self, method: str, lam: float) -> dict:
         from simo.merging import method_params
 
@@ -384,6 +389,11 @@ class MergeSetup:
                   kind: str = "head") -> dict[str, dict[str, float]]:
         """Metrics on ``split`` (val or test) after realignment (see :meth:`realign`)."""
         return self.realign(method, lam, kind)[split]
+
+
+@functools.lru_cache(maxsize=4)
+def _setup_from(profile: Profile, seed: int, with_fisher: bool) -> MergeSetup:
+    return merge_setup(profile, seed, with_fisher)
 
 
 def merge_setup(profile: Profile, seed: int = 0, with_fisher: bool = False) -> MergeSetup:

@@ -57,6 +57,21 @@ def test_coarse_to_fine_selection_finds_the_best_of_a_unimodal_curve(peak, strid
     assert 0.0 in scores and 1.0 in scores
 
 
+def test_selection_prefetches_each_round_before_scoring_it():
+    grid = [round(0.1 * i, 1) for i in range(11)]
+    rounds, scored = [], []
+
+    def score(v):
+        assert any(v in r for r in rounds), f"{v} scored before it was prefetched"
+        scored.append(v)
+        return -abs(v - 0.3)
+
+    best, _ = analysis.select_on_validation(score, grid, stride=2, prefetch=rounds.append)
+    assert best == 0.3
+    assert rounds[0] == analysis.first_round(grid, 2) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert sorted(v for r in rounds for v in r) == sorted(scored)
+
+
 def _hist(values, metric="abs_err"):
     return [{"step": 100 * (i + 1), "val": {"depth": {metric: v}}} for i, v in enumerate(values)]
 
