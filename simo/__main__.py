@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     fig = sub.add_parser("figures", help="regenerate figures by running the notebooks")
     fig.add_argument("--profile", default="tiny", help=f"one of {available_profiles()}")
     fig.add_argument("--only", nargs="*", help="notebook names or prefixes, e.g. 00 01")
+    fig.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="run up to N independent notebooks at once, each with N job workers")
+    fig.add_argument("--force", action="store_true", help="recompute every cached artifact once")
     fig.add_argument("-p", "--param", nargs=2, action="append", default=[],
                      metavar=("NAME", "VALUE"), help="notebook parameter (repeatable)")
     sub.add_parser("list", help="list the notebooks in pipeline order")
@@ -26,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<28} {what}")
             return 0
         params = {k: runner.parse_value(v) for k, v in args.param}
-        records = runner.run_all(args.profile, args.only, params)
+        records = runner.run_all(args.profile, args.only, params, jobs=args.jobs, force=args.force)
     except SimoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

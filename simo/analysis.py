@@ -1,11 +1,13 @@
-"""Reading results: training curves, plateau checks, pretrained-vs-scratch comparisons.
+"""Reading results: training curves and plateau checks, λ selection on validation, confidence
+intervals, misalignment diagnostics (CKA, learned per-block coefficients) and task relationships
+(task-vector sweeps, transfer matrices, pair affinities, their rank agreement).
 
-Later notebooks add misalignment diagnostics, task-relationship sweeps and Pareto fronts here.
+Functions here take metrics, models and tensors and return numbers; caching is the pipeline's job.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -234,3 +236,103 @@ def samples_seen(n: int, batch_size: int, seed: int, steps: int) -> list[int]:
         seen[sample_batch(index, batch_size, step_generator(seed, s), flip=False)[1]] = True
         out.append(int(seen.sum()))
     return out
+
+
+# ------------------------------------------------------------------ task relationships -------------
+
+Matrix = dict[str, dict[str, float]]  # M[s][t]: row = source task s, column = evaluated task t
+
+
+def sweep_curves(sweeps: Mapping[str, Mapping[float, Mapping[str, Mapping[str, float]]]],
+                 single: Mapping[str, Mapping[str, float]], tasks: Sequence
+                 ) -> dict[str, dict[str, dict[float, float]]]:
+    """Normalized performance n_t(λ) of every task t on θ0 + λ τ_s (1 = the single-task model).
+
+    ``sweeps[s][λ]`` holds the metrics of every task on that encoder. Returns ``[s][t][λ]``.
+    """
+    from simo.tasks import normalized_performance
+
+    out: dict[str, dict[str, dict[float, float]]] = {}
+    for s, curve in sweeps.items():
+        n = {lam: normalized_performance(m, single, tasks) for lam, m in sorted(curve.items())}
+        out[s] = {t.name: {lam: v[t.name] for lam, v in n.items()} for t in tasks}
+    return out
+
+
+def transfer_matrix(curves: Mapping[str, Mapping[str, Mapping[float, float]]]) -> Matrix:
+    """M[s][t] = max_λ (n_t(λ) − n_t(0)) / (1 − n_t(0)): the best normalized improvement of task t
+    from adding τ_s to the pretrained encoder (0: no better than θ0; 1: as good as the single-task
+    model; < 0: τ_s only hurts t). NaN where θ0 already matches the single-task model (no room).
+    ``curves`` as returned by :func:`sweep_curves`; λ = 0 must be on the grid.
+    """
+    out: Matrix = {}
+    for s, per_task in curves.items():
+        out[s] = {}
+        for t, curve in per_task.items():
+            if 0.0 not in curve:
+                raise ValueError("the λ grid of a task-vector sweep must contain 0 (the pretrained "
+                                 "encoder), the reference of the normalized improvement")
+            room = 1.0 - curve[0.0]
+            out[s][t] = ((max(curve.values()) - curve[0.0]) / room if room > 1e-6
+                         else float("nan"))
+    return out
+
+
+def pair_affinity(joint: Mapping[tuple[str, str], Mapping[str, Mapping[str, float]]],
+                  alone: Mapping[str, Mapping[str, Mapping[str, float]]], tasks: Sequence
+                  ) -> Matrix:
+    """A[s][t] = 100·(n_t(s and t trained jointly) − 1), n against t trained alone with the same
+    budget: how many percent training alongside s helps (> 0) or hurts (< 0) task t.
+
+    ``joint[(a, b)]``: metrics of the jointly trained pair (either order); ``alone[t]``: metrics
+    of the single-task run (``alone[t][t]`` is read).
+    """
+    from simo.tasks import normalized_performance
+
+    by_name = {t.name: t for t in tasks}
+    out: Matrix = {s: {} for s in by_name}
+    for (a, b), metrics in joint.items():
+        for s, t in ((a, b), (b, a)):
+            n = normalized_performance(metrics, {t: alone[t][t]}, [by_name[t]])[t]
+            out[s][t] = 100.0 * (n - 1.0)
+    return out
+
+
+def off_diagonal(matrix: Matrix, names: Sequence[str]) -> list[float]:
+    """The entries M[s][t], s ≠ t, in a fixed order (rows, then columns, as in ``names``)."""
+    return [matrix[s][t] for s in names for t in names if s != t]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); pairs with a NaN are dropped."""
+    import pandas as pd
+
+    keep = [(a, b) for a, b in zip(x, y) if not (math.isnan(a) or math.isnan(b))]
+    if len(keep) < 3:
+        return float("nan")
+    rx = pd.Series([a for a, _ in keep]).rank()
+    ry = pd.Series([b for _, b in keep]).rank()
+    return float(rx.corr(ry))
+
+
+def task_vector_cosines(task_vectors: Sequence[Mapping[str, Tensor]], names: Sequence[str]
+                        ) -> tuple[Matrix, dict[str, Matrix]]:
+    """Cosine similarity of every pair of task vectors: over the whole encoder, and per group of
+    parameters (``block 0`` … ``block L-1``; everything outside the blocks is ``other``)."""
+    def group(key: str) -> str:
+        parts = key.split(".")
+        return f"block {parts[1]}" if parts[0] == "blocks" and parts[1].isdigit() else "other"
+
+    groups = sorted({group(k) for k in task_vectors[0]},
+                    key=lambda g: (g == "other", int(g.split()[1]) if g != "other" else 0))
+
+    def flat(tv: Mapping[str, Tensor], g: str | None) -> Tensor:
+        return torch.cat([v.flatten().double() for k, v in sorted(tv.items())
+                          if g is None or group(k) == g])
+
+    def matrix(g: str | None) -> Matrix:
+        vs = [flat(tv, g) for tv in task_vectors]
+        return {a: {b: float(torch.nn.functional.cosine_similarity(va, vb, dim=0))
+                    for b, vb in zip(names, vs)} for a, va in zip(names, vs)}
+
+    return matrix(None), {g: matrix(g) for g in groups}

@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from simo import paths
 from simo.errors import CheckpointError
 
 TENSORS = "tensors.safetensors"
+CHECKSUM = "simo_sha256"  # safetensors header metadata: digest of the tensors, checked on load
 META = "meta.json"
-STATS = {"hits": 0, "misses": 0}  # read by the runner's summary
+STATS = {"hits": 0, "misses": 0}  # this process's hits and misses
+EVENTS = "events.jsonl"  # under a runner (SIMO_RUN set): one line per hit or miss, read by its summary
 
 
 def _canonical(obj: Any) -> Any:
@@ -71,22 +73,39 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _atomic_path(path)
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp),
-              metadata=dict(metadata) if metadata else None)
+    cpu = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    save_file(cpu, str(tmp), metadata={**(metadata or {}), CHECKSUM: digest(cpu)})
     os.replace(tmp, path)
 
 
+def digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of names, dtypes, shapes and bytes: what a flipped bit or a swapped file changes."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a truncated or corrupt file is a one-line CheckpointError."""
+    """Read a safetensors file; a truncated, corrupt or (for files written by :func:`save_tensors`,
+    which record a checksum) bit-flipped file is a one-line CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is missing; delete its cache entry to recompute")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            recorded = (f.metadata() or {}).get(CHECKSUM)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({msg}); delete it "
                               "(or its cache entry) to recompute") from None
+    if recorded is not None and digest(tensors) != recorded:
+        raise CheckpointError(f"checkpoint {path} fails its checksum (bit-flipped or overwritten); "
+                              "delete it (or its cache entry) to recompute")
+    return tensors
 
 
 def save_json(path: str | Path, obj: Any) -> None:
@@ -168,21 +187,25 @@ def get_or_compute(step: str, config: Mapping[str, Any], compute: Callable[[Path
     key = make_key(step, config, code_version(*modules) if modules else "")
     root = paths.cache_root() / step
     final = root / key
+    run = os.environ.get("SIMO_RUN", "")
     with _lock(root / f".{key}.lock"):
-        if final.exists() and not force:
+        if final.exists() and not (force or _forced(final, run)):
             if not _is_complete(final):
                 raise CheckpointError(f"cache entry {final} is incomplete; delete it to recompute")
             STATS["hits"] += 1
+            _record(step, True)
             return Artifact(final)
         STATS["misses"] += 1
+        _record(step, False)
         tmp = root / f"{key}.tmp-{os.getpid()}"
         partial = root / f"{key}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(f"{key}.tmp-*"):  # we hold the key's lock: their writers are dead
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             compute(tmp, partial)
             meta = load_json(tmp / META) if (tmp / META).exists() else {}
-            meta.update(step=step, key=key, config=_canonical(config))
+            meta.update(step=step, key=key, config=_canonical(config), run=run)
             save_json(tmp / META, meta)
             if final.exists():
                 shutil.rmtree(final)
@@ -191,6 +214,29 @@ def get_or_compute(step: str, config: Mapping[str, Any], compute: Callable[[Path
             shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(partial, ignore_errors=True)
         return Artifact(final)
+
+
+def _forced(entry: Path, run: str) -> bool:
+    """``SIMO_FORCE`` (the runner's ``--force``): recompute entries not yet computed in this run."""
+    if not (run and os.environ.get("SIMO_FORCE")):
+        return False
+    try:
+        return load_json(entry / META).get("run") != run
+    except (OSError, ValueError, CheckpointError):
+        return True
+
+
+def _record(step: str, hit: bool) -> None:
+    """Append a hit/miss event for the runner's summary (only inside a runner's run)."""
+    run = os.environ.get("SIMO_RUN")
+    if not run:
+        return
+    line = json.dumps({"run": run, "nb": os.environ.get("SIMO_NOTEBOOK", ""), "step": step,
+                       "hit": hit})
+    path = paths.cache_root() / EVENTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:  # one short O_APPEND write per event: safe across processes
+        fh.write(line + "\n")
 
 
 def memo(step: str, config: Mapping[str, Any], fn: Callable[[], Any],

@@ -96,6 +96,16 @@ class RealignConfig:
 
 
 @dataclass(frozen=True)
+class RelationsConfig:
+    """Task relationships (notebook 04): task-vector sweeps and their ground truth."""
+
+    lam_max: float = 1.5  # sweep θ0 + λ·τ_s for λ in 0 .. lam_max (the paper: linspace(0, 1.5, 16))
+    lam_step: float = 0.1
+    pair_steps: int = 0  # full-phase steps of every pair and single run of the ground truth; 0 = finetune.steps
+    pair_seeds: tuple[int, ...] = (0, 1)  # seeds of the pair trainings (the rank correlation's CI)
+
+
+@dataclass(frozen=True)
 class JobsConfig:
     """How independent jobs (seeds, tasks, λ values) run: see :mod:`simo.jobs`."""
 
@@ -121,6 +131,7 @@ class Profile:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     merging: MergeConfig = field(default_factory=MergeConfig)
     realign: RealignConfig = field(default_factory=RealignConfig)
+    relations: RelationsConfig = field(default_factory=RelationsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,7 +263,14 @@ def _check_values(p: Profile) -> None:
         raise ConfigError(one_of(p.jobs.executor, EXECUTORS, "jobs.executor"))
     if p.jobs.workers < 1:
         raise ConfigError(f"jobs.workers must be >= 1, got {p.jobs.workers}")
-    for sec in ("pretrain", "finetune", "realign", "jobs"):
+    for split in ("n_train", "n_val", "n_test"):
+        if getattr(p.data, split) < 1:
+            raise ConfigError(f"data.{split} must be >= 1 (an empty {split[2:]} split), got "
+                              f"{getattr(p.data, split)}")
+    if p.relations.lam_step <= 0 or p.relations.lam_max <= 0 or not p.relations.pair_seeds:
+        raise ConfigError("relations: lam_step and lam_max must be > 0 and pair_seeds non-empty, "
+                          f"got {p.relations}")
+    for sec in ("pretrain", "finetune", "realign", "relations", "jobs"):
         for f in dataclasses.fields(getattr(p, sec)):
             v = getattr(getattr(p, sec), f.name)
             if isinstance(v, (int, float)) and v < 0:

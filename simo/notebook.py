@@ -6,6 +6,7 @@ notebook is shown as one line (``SimoError: ...``) instead of a traceback wall.
 """
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -37,6 +38,7 @@ def setup(notebook: str, profile: str = "tiny", seed: int | None = 0,
     Multi-seed notebooks pass ``seed=None, seeds=...``; the first seed seeds the notebook itself.
     """
     cfg = config.resolve(profile, seed=seed, **params)
+    os.environ["SIMO_NOTEBOOK"] = notebook  # tags this notebook's cache events (and its jobs')
     torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seeds[0])
     plots.activate(cfg.name, cfg.seeds[0])

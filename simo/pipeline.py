@@ -23,6 +23,7 @@ from simo.tasks import Task, get_tasks
 from simo.train import evaluate, finetune, pick_device, pretrain
 
 INITS = ("pretrained", "scratch")
+SWEEP_HEADS = ("original", "pretrained")  # heads that read a task-vector sweep (MergeSetup.sweep)
 # Source files whose edits invalidate cached training / evaluation results (not the whole package:
 # adding an adapter or a plot must not retrain every model).
 _TRAIN_CODE = ("train", "models.encoder", "models.heads", "models.model", "tasks", "data.__init__")
@@ -389,6 +390,44 @@ class MergeSetup:
                   kind: str = "head") -> dict[str, dict[str, float]]:
         """Metrics on ``split`` (val or test) after realignment (see :meth:`realign`)."""
         return self.realign(method, lam, kind)[split]
+
+    def pretrained_heads(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every task's head realigned on the frozen *pretrained* encoder θ0 (the profile's head
+        realignment budget, starting from the task's own head). Cached as an artifact."""
+        r = dataclasses.asdict(self.profile.realign)
+        cfg = {"sources": self.sources, "seed": self.seed,
+               "realign": {k: r[k] for k in _REALIGN_KEYS["head"]}}
+
+        def compute(out: Path, _partial: Path) -> None:
+            heads, cost = realign_heads(self.profile, self.tasks,
+                                        {n: self.pretrained for n in self.names}, self.heads,
+                                        self.data("small"), self.seed)
+            cache.save_tensors(out / cache.TENSORS, {f"head.{t}.{k}": v for t, sd in heads.items()
+                                                     for k, v in sd.items()})
+            cache.save_json(out / cache.META, cost)
+
+        return heads_of(cache.get_or_compute("pretrained_heads", cfg, compute,
+                                             modules=_code(self.profile, _EVAL_CODE)))
+
+    def sweep(self, source: str, lam: float, heads: str = "original") -> dict[str, dict[str, float]]:
+        """Val metrics of every task on θ0 + λ·τ_source, read by each task's original head or
+        (``heads="pretrained"``) by its head realigned on θ0 (:meth:`pretrained_heads`). Cached."""
+        from simo.merging import merge
+
+        if source not in self.names:
+            raise TaskError(one_of(source, self.names, "source task"))
+        if heads not in SWEEP_HEADS:
+            raise MergeError(one_of(heads, SWEEP_HEADS, "heads"))
+
+        def run() -> dict:
+            enc = merge("task_arithmetic", self.pretrained,
+                        [self.finetuned[self.names.index(source)]], lam=lam)
+            hs = self.heads if heads == "original" else self.pretrained_heads()
+            return evaluate_encoders(self.profile, self.tasks, {n: enc for n in self.names}, hs,
+                                     self.data("val"))
+
+        keys = _REALIGN_KEYS["head"] if heads == "pretrained" else ()
+        return self._memo(f"sweep-{heads}-{source}", "task_arithmetic", lam, "val", run, keys)
 
 
 @functools.lru_cache(maxsize=4)

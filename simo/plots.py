@@ -6,11 +6,12 @@ Both embed no timestamps, so regenerating with the same code, profile and seed c
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -45,11 +46,21 @@ def save_figure(fig: Any, notebook: str, name: str, pdf: bool = False) -> Path:
     """Save ``fig`` as PNG (and PDF if asked) under the notebook's figure directory."""
     d = figure_dir(notebook)
     png = d / f"{name}.png"
-    fig.savefig(png, metadata={"Software": None})
+    # provenance travels with the figure: a PNG text chunk, read back by any image tool
+    fig.savefig(png, metadata={"Software": None, "Description": json.dumps(provenance())})
     if pdf:
         fig.savefig(d / f"{name}.pdf", metadata={"CreationDate": None, "Producer": None})
     WRITTEN.append(png)
     return png
+
+
+@functools.lru_cache(maxsize=1)
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=paths.ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def provenance() -> dict[str, Any]:
@@ -60,13 +71,8 @@ def provenance() -> dict[str, Any]:
 
     import simo
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=paths.ROOT,
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"git_commit": commit, "profile": _ACTIVE["profile"], "seed": _ACTIVE["seed"],
+    return {"git_commit": _commit(), "profile": _ACTIVE["profile"], "seed": _ACTIVE["seed"],
             "device": device, "machine": platform.machine(),
             "versions": {"simo": simo.__version__, "torch": torch.__version__,
                          "timm": timm.__version__, "numpy": numpy.__version__,
@@ -139,3 +145,24 @@ def sample_grid(rows: Sequence[dict], fields: Sequence[str], num_classes: int = 
                 axes[r, c].set_title(f)
     fig.tight_layout()
     return fig
+
+
+def heatmap(ax: Any, matrix: Mapping[str, Mapping[str, float]], names: Sequence[str], title: str,
+            fmt: str = ".2f", xlabel: str | None = None, ylabel: str | None = None) -> None:
+    """A task × task matrix (rows: first key) with its values written in the cells; diverging
+    colours centred at 0, so the sign is what the eye reads first. NaN cells stay blank."""
+    import numpy as np
+
+    values = np.array([[matrix[a].get(b, np.nan) for b in names] for a in names], dtype=float)
+    lim = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
+    ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if np.isfinite(values[i, j]):
+                dark = abs(values[i, j]) > 0.6 * lim
+                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(False)

@@ -1,13 +1,20 @@
-"""Batch regeneration of the study: every notebook, in order, through papermill.
+"""Batch regeneration of the study: every notebook, in dependency order, through papermill.
 
-``NOTEBOOKS`` is the one declaration of the pipeline's notebooks and their order; the cache (not
-this table) decides what is recomputed. Executed copies go to ``build/<profile>/`` (ignored by
-git); figures and results.json go where :func:`simo.paths.figures_dir` says.
+``NOTEBOOKS`` is the one declaration of the pipeline's notebooks and their order, ``DEPENDS`` of
+what each needs first; the cache (not these tables) decides what is recomputed, so a run killed at
+any moment (even ``kill -9``) resumes when rerun: finished artifacts are reused, half-written ones
+are never read. ``jobs=N`` runs up to N notebooks whose dependencies are done side by side and
+gives each notebook N job workers (:mod:`simo.jobs`); ``force=True`` recomputes every artifact once.
+Executed copies go to ``build/<profile>/`` (ignored by git); figures and results.json go where
+:func:`simo.paths.figures_dir` says.
 """
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,6 +29,15 @@ NOTEBOOKS: dict[str, str] = {
     "01_pretrain_and_finetune": "pretraining, single-task finetuning, pretrained vs scratch",
     "02_misalignment": "merging encoders, the drop with original heads, and its diagnosis",
     "03_realignment": "head and representation realignment vs joint MTL, with costs and seeds",
+    "04_task_relationships": "task relationships read from task vectors, checked by joint training",
+}
+# what must have run before (it trains what the notebook reuses); the others are independent
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "00_data_and_tasks": (),
+    "01_pretrain_and_finetune": ("00_data_and_tasks",),
+    "02_misalignment": ("01_pretrain_and_finetune",),
+    "03_realignment": ("01_pretrain_and_finetune",),
+    "04_task_relationships": ("01_pretrain_and_finetune",),
 }
 
 
@@ -32,6 +48,8 @@ class RunRecord:
     seconds: float
     figures: int
     error: str = ""
+    hits: int = 0  # cache entries reused
+    misses: int = 0  # cache entries computed
 
 
 def select(only: Sequence[str] | None) -> list[str]:
@@ -82,7 +100,27 @@ def run_notebook(notebook: str, profile: str, params: Mapping[str, Any] | None =
         error = f"cell {e.exec_count}: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}"
     after = _mtimes(fig_dir)
     changed = sum(1 for p, m in after.items() if before.get(p) != m)
-    return RunRecord(notebook, status, time.perf_counter() - t0, changed, error)
+    hits, misses = cache_events(notebook)
+    return RunRecord(notebook, status, time.perf_counter() - t0, changed, error, hits, misses)
+
+
+def cache_events(notebook: str) -> tuple[int, int]:
+    """(hits, misses) of the cache in this run (``SIMO_RUN``) by ``notebook`` and its jobs."""
+    from simo.cache import EVENTS
+
+    path, run = paths.cache_root() / EVENTS, os.environ.get("SIMO_RUN")
+    if not run or not path.is_file():
+        return 0, 0
+    hits = misses = 0
+    for line in path.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if e.get("run") == run and e.get("nb") == notebook:
+            hits += bool(e["hit"])
+            misses += not e["hit"]
+    return hits, misses
 
 
 def _mtimes(d: Path) -> dict[Path, float]:
@@ -90,25 +128,74 @@ def _mtimes(d: Path) -> dict[Path, float]:
 
 
 def run_all(profile: str, only: Sequence[str] | None = None,
-            params: Mapping[str, Any] | None = None) -> list[RunRecord]:
-    """Run the selected notebooks in order; stop at the first failure."""
+            params: Mapping[str, Any] | None = None, jobs: int | None = None,
+            force: bool = False) -> list[RunRecord]:
+    """Run the selected notebooks, each after what it depends on; stop launching at a failure.
+
+    ``jobs`` (N > 1): up to N independent notebooks at once, and ``jobs.workers = N`` inside each.
+    ``force``: every cache entry is recomputed once in this run (later reads in the run reuse it).
+    """
     if profile not in available_profiles():
         raise ConfigError(one_of(profile, available_profiles(), "profile"))
-    records = []
-    for nb in select(only):
-        print(f"[simo] running {nb} ({profile}) ...", flush=True)
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    chosen = select(only)
+    params = dict(params or {})
+    if jobs is not None:
+        params["overrides"] = {**(params.get("overrides") or {}), "jobs.workers": jobs}
+    saved = {k: os.environ.get(k) for k in ("SIMO_RUN", "SIMO_FORCE")}
+    os.environ["SIMO_RUN"] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    os.environ.pop("SIMO_FORCE", None)
+    if force:
+        os.environ["SIMO_FORCE"] = "1"
+    try:
+        return _run_in_order(profile, chosen, params, jobs or 1)
+    finally:  # the kernels inherited them; this process goes back to how it was
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_in_order(profile: str, chosen: list[str], params: Mapping[str, Any],
+                  jobs: int) -> list[RunRecord]:
+    """Launch each notebook once its dependencies are done, at most ``jobs`` at a time."""
+    records: dict[str, RunRecord] = {}
+    lock = threading.Lock()
+
+    def one(nb: str) -> RunRecord:
+        with lock:
+            print(f"[simo] running {nb} ({profile}) ...", flush=True)
         rec = run_notebook(nb, profile, params)
-        records.append(rec)
-        print(f"[simo] {nb}: {rec.status} in {rec.seconds:.0f} s", flush=True)
-        if rec.status != "ok":
-            break
-    return records
+        with lock:
+            print(f"[simo] {nb}: {rec.status} in {rec.seconds:.0f} s", flush=True)
+        return rec
+
+    todo = list(chosen)
+    with ThreadPoolExecutor(jobs) as pool:
+        running: dict[Any, str] = {}
+        while todo or running:
+            failed = any(r.status != "ok" for r in records.values())
+            ready = [] if failed else [nb for nb in todo if all(
+                d in records or d not in chosen for d in DEPENDS.get(nb, ()))]
+            for nb in ready[: jobs - len(running)]:
+                todo.remove(nb)
+                running[pool.submit(one, nb)] = nb
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in done:
+                records[running.pop(f)] = f.result()
+    return [records[nb] for nb in chosen if nb in records]
 
 
 def summary(records: Sequence[RunRecord]) -> str:
-    lines = [f"{'notebook':<28} {'status':<7} {'wall s':>7} {'figures':>8}"]
+    lines = [f"{'notebook':<28} {'status':<7} {'wall s':>7} {'figures':>8} {'cache hits':>11} "
+             f"{'computed':>9}"]
     for r in records:
-        lines.append(f"{r.notebook:<28} {r.status:<7} {r.seconds:>7.1f} {r.figures:>8}")
+        lines.append(f"{r.notebook:<28} {r.status:<7} {r.seconds:>7.1f} {r.figures:>8} "
+                     f"{r.hits:>11} {r.misses:>9}")
     lines.append(f"{'total':<28} {'':<7} {sum(r.seconds for r in records):>7.1f}")
     for r in records:
         if r.error:
@@ -126,4 +213,4 @@ def parse_value(text: str) -> Any:
         return text
 
 
-__all__ = ["NOTEBOOKS", "RunRecord", "run_all", "run_notebook", "select", "summary", "SimoError"]
+__all__ = ["DEPENDS", "NOTEBOOKS", "RunRecord", "run_all", "run_notebook", "select", "summary", "SimoError"]

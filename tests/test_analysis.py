@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
 
@@ -142,3 +142,62 @@ def test_samples_seen_replays_the_training_loop(smoke):
     counts = analysis.samples_seen(40, 8, seed=3, steps=7)
     assert counts[-1] == res.samples
     assert counts == sorted(counts) and counts[0] <= 8
+
+
+# ------------------------------------------------------------------ task relationships -------------
+
+def _sweep(values):
+    """Depth metrics along λ (abs_err and rel_err, lower is better; the single-task model has 1.0)."""
+    return {lam: {"depth": {"abs_err": v, "rel_err": v}} for lam, v in values.items()}
+
+
+def test_transfer_matrix_is_the_best_normalized_gain_over_the_pretrained_encoder():
+    depth = get_task("depth")
+    single = {"depth": {"abs_err": 1.0, "rel_err": 1.0}}
+    sweeps = {"depth": _sweep({0.0: 2.0, 0.5: 1.25, 1.0: 1.0}),  # n: 0.5 -> 0.8 -> 1.0
+              "normals": _sweep({0.0: 2.0, 0.5: 1.6, 1.0: 2.5})}  # best n = 0.625
+    curves = analysis.sweep_curves(sweeps, single, [depth])
+    assert curves["depth"]["depth"] == pytest.approx({0.0: 0.5, 0.5: 0.8, 1.0: 1.0})
+    m = analysis.transfer_matrix(curves)
+    assert m["depth"]["depth"] == pytest.approx(1.0)
+    assert m["normals"]["depth"] == pytest.approx((0.625 - 0.5) / 0.5)
+    hurt = analysis.transfer_matrix(analysis.sweep_curves(
+        {"normals": _sweep({0.0: 2.0, 1.0: 4.0})}, single, [depth]))
+    assert hurt["normals"]["depth"] == 0.0  # λ = 0 itself is on the grid: never below 0
+    with pytest.raises(ValueError, match="must contain 0"):
+        analysis.transfer_matrix({"depth": {"depth": {0.5: 0.8}}})
+
+
+def test_pair_affinity_is_relative_to_the_task_trained_alone():
+    seg, depth = get_task("segmentation", 6), get_task("depth")
+    alone = {"segmentation": {"segmentation": {"miou": 0.5, "pixel_acc": 0.8}},
+             "depth": {"depth": {"abs_err": 1.0, "rel_err": 2.0}}}
+    joint = {("segmentation", "depth"): {"segmentation": {"miou": 0.55, "pixel_acc": 0.88},
+                                         "depth": {"abs_err": 1.25, "rel_err": 2.5}}}
+    a = analysis.pair_affinity(joint, alone, [seg, depth])
+    assert a["depth"]["segmentation"] == pytest.approx(10.0)  # seg gains 10 % next to depth
+    assert a["segmentation"]["depth"] == pytest.approx(-20.0)  # depth: n = 1/1.25
+
+
+@settings(deadline=None)  # the first call imports pandas
+@given(st.lists(st.floats(-5, 5), min_size=4, max_size=12, unique=True))
+def test_spearman_is_one_for_monotone_maps_and_minus_one_when_reversed(xs):
+    assert analysis.spearman(xs, [3 * x for x in xs]) == pytest.approx(1.0)
+    assert analysis.spearman(xs, [-x for x in xs]) == pytest.approx(-1.0)
+    assert math.isnan(analysis.spearman(xs[:2], xs[:2]))
+
+
+def test_off_diagonal_order_and_task_vector_cosines():
+    names = ["a", "b"]
+    assert analysis.off_diagonal({"a": {"a": 9, "b": 1}, "b": {"a": 2, "b": 9}}, names) == [1, 2]
+    t1 = {"blocks.0.w": torch.tensor([1.0, 0.0]), "blocks.1.w": torch.tensor([1.0, 1.0]),
+          "norm.w": torch.tensor([1.0])}
+    t2 = {"blocks.0.w": torch.tensor([0.0, 2.0]), "blocks.1.w": torch.tensor([3.0, 3.0]),
+          "norm.w": torch.tensor([-1.0])}
+    overall, per_block = analysis.task_vector_cosines([t1, t2], names)
+    assert list(per_block) == ["block 0", "block 1", "other"]
+    assert per_block["block 0"]["a"]["b"] == pytest.approx(0.0)
+    assert per_block["block 1"]["a"]["b"] == pytest.approx(1.0)
+    assert per_block["other"]["a"]["b"] == pytest.approx(-1.0)
+    assert overall["a"]["a"] == pytest.approx(1.0)
+    assert overall["a"]["b"] == pytest.approx(5.0 / (2.0 * 23 ** 0.5))  # dot 5, norms 2 and √23

@@ -239,3 +239,27 @@ def test_pretraining_is_shared_across_head_settings(cache_dir, make_profile):
     assert a.key == b.key
     c = pipeline.pretrained(make_profile(**{"model.embed_dim": 64}), progress=False)
     assert c.key != a.key
+
+
+def test_sweep_at_lambda_one_of_its_own_vector_is_the_single_task_model(setup):
+    own = setup.sweep("depth", 1.0)["depth"]
+    assert own == pytest.approx(setup.evaluate("single_task", 1.0, "val")["depth"], rel=1e-5)
+    assert setup.sweep("depth", 0.0) == setup.sweep("segmentation", 0.0)  # both: θ0
+    assert setup.sweep("depth", 0.5) != setup.sweep("segmentation", 0.5)
+
+
+def test_sweep_with_heads_on_the_pretrained_encoder(setup):
+    heads = setup.pretrained_heads()
+    assert set(heads) == set(setup.names)
+    assert any(not torch.equal(heads["depth"][k], setup.heads["depth"][k]) for k in heads["depth"])
+    assert setup.sweep("depth", 0.0, "pretrained") != setup.sweep("depth", 0.0, "original")
+    hits = cache.STATS["hits"]
+    setup.pretrained_heads()
+    assert cache.STATS["hits"] == hits + 1
+
+
+def test_sweep_rejects_unknown_source_and_heads(setup):
+    with pytest.raises(TaskError, match="unknown source task 'edges'; choose one of: segmentation"):
+        setup.sweep("edges", 0.5)
+    with pytest.raises(MergeError, match="unknown heads 'merged'; choose one of: original, pretrained"):
+        setup.sweep("depth", 0.5, "merged")

@@ -42,3 +42,66 @@ def test_summary_table_and_error_line():
                                         ("[a, b]", ["a", "b"]), ("depth,normals", "depth,normals")])
 def test_parse_value(text, value):
     assert runner.parse_value(text) == value
+
+
+def test_every_notebook_declares_its_dependencies_in_pipeline_order():
+    assert set(runner.DEPENDS) == set(runner.NOTEBOOKS)
+    order = list(runner.NOTEBOOKS)
+    for nb, deps in runner.DEPENDS.items():
+        assert all(order.index(d) < order.index(nb) for d in deps), nb
+
+
+def test_parallel_run_starts_a_notebook_only_after_its_dependencies(monkeypatch):
+    import threading
+    import time
+
+    log, lock = [], threading.Lock()
+
+    def fake(nb, profile, params=None, out_dir=None, progress=False):
+        with lock:
+            log.append(("start", nb))
+        time.sleep(0.05)
+        with lock:
+            log.append(("end", nb))
+        return runner.RunRecord(nb, "ok", 0.05, 0)
+
+    monkeypatch.setattr(runner, "run_notebook", fake)
+    recs = runner.run_all("smoke", jobs=3)
+    assert [r.notebook for r in recs] == list(runner.NOTEBOOKS)
+    for nb, deps in runner.DEPENDS.items():
+        for d in deps:
+            assert log.index(("end", d)) < log.index(("start", nb)), (d, nb)
+    starts = [i for i, e in enumerate(log) if e[0] == "start" and e[1] in
+              ("02_misalignment", "03_realignment", "04_task_relationships")]
+    first_end = min(log.index(("end", nb)) for nb in ("02_misalignment", "03_realignment"))
+    assert sorted(starts)[1] < first_end, "independent notebooks did not overlap"
+
+
+def test_a_failure_stops_launching_dependents(monkeypatch):
+    def fake(nb, profile, params=None, out_dir=None, progress=False):
+        return runner.RunRecord(nb, "failed" if nb.startswith("01") else "ok", 0.0, 0, "x")
+
+    monkeypatch.setattr(runner, "run_notebook", fake)
+    assert [r.notebook for r in runner.run_all("smoke")] == ["00_data_and_tasks",
+                                                              "01_pretrain_and_finetune"]
+
+
+def test_summary_counts_cache_hits_and_force_recomputes(tmp_cache, tmp_path):
+    first = runner.run_all("smoke", only=["00"])[0]
+    assert first.status == "ok" and first.misses > 0
+    again = runner.run_all("smoke", only=["00"])[0]
+    assert again.misses == 0 and again.hits > 0
+    forced = runner.run_all("smoke", only=["00"], force=True)[0]
+    assert forced.misses == first.misses
+    assert "cache hits" in runner.summary([again]).splitlines()[0]
+
+
+def test_run_leaves_the_callers_environment_as_it_was(monkeypatch):
+    import os
+
+    monkeypatch.setattr(runner, "run_notebook",
+                        lambda nb, *a, **k: runner.RunRecord(nb, "ok", 0.0, 0))
+    monkeypatch.delenv("SIMO_FORCE", raising=False)
+    monkeypatch.delenv("SIMO_RUN", raising=False)
+    runner.run_all("smoke", only=["00"], force=True)
+    assert "SIMO_FORCE" not in os.environ and "SIMO_RUN" not in os.environ

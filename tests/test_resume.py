@@ -1,0 +1,51 @@
+"""A batch run killed with SIGKILL mid-training resumes to exactly what an uninterrupted run gives."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from simo import paths
+
+NB = "01_pretrain_and_finetune"
+# long enough to be caught mid-run, with a resumable checkpoint every 10 steps
+ARGS = [sys.executable, "-m", "simo", "figures", "--profile", "smoke", "--only", "01",
+        "-p", "overrides", "{finetune.steps: 120, finetune.ckpt_every: 10, finetune.eval_every: 40}"]
+
+
+def _run(cache, **kw):
+    env = {**os.environ, "SIMO_CACHE": str(cache)}
+    return subprocess.Popen(ARGS, env=env, cwd=paths.ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+
+
+def _results() -> dict:
+    res = json.loads((paths.figures_dir("smoke", NB) / "results.json").read_text())
+    res.pop("meta")  # provenance (commit, versions) is the same; timestamps are not the point
+    return res
+
+
+def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_results(tmp_path):
+    assert _run(tmp_path / "clean").wait(timeout=600) == 0
+    clean = _results()
+
+    cache = tmp_path / "killed"
+    proc = _run(cache)
+    deadline = time.time() + 300
+    ckpts = []
+    while time.time() < deadline and proc.poll() is None and not ckpts:
+        ckpts = list(cache.glob("finetuned/*.partial/ckpt.json"))
+        time.sleep(0.2)
+    assert ckpts, "the run ended before any finetuning checkpoint was written"
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its notebook kernel, mid-training
+    proc.wait()
+    left = list(cache.glob("finetuned/*.tmp-*")) + list(cache.glob("finetuned/*.partial"))
+    assert left, "a kill mid-training leaves its partial state behind"
+
+    assert _run(cache).wait(timeout=600) == 0
+    assert _results() == clean
+    assert not list(cache.glob("finetuned/*.partial")) + list(cache.glob("finetuned/*.tmp-*")), \
+        "the rerun leaves neither checkpoints nor half-written entries behind"
