@@ -8,8 +8,9 @@ notebook reads as a plain loop and the parallelism stays out of its way.
 Executors (``jobs.executor``), one code path for all:
 
 - ``local``: ``jobs.workers`` processes on this machine (``1``: nothing is prefetched, every call
-  runs in the notebook's process when it is made). On 2 cores two one-thread workers train ≈ 1.4×
-  faster than one two-thread process: small ViT steps do not use two threads well.
+  runs in the notebook's process when it is made). On 2 cores two one-thread workers get 1.2-1.4× the
+  throughput of one two-thread process (whole finetunes / bare ViT steps): small steps do not use
+  two threads well.
 - ``submitit-local``: submitit's local executor (a process per job); tests use it to check that it
   gives what ``local`` gives.
 - ``slurm``: submitit on a SLURM cluster (``jobs.slurm_partition``, ``slurm_gpus``,
