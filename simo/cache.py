@@ -30,7 +30,7 @@ TENSORS = "tensors.safetensors"
 CHECKSUM = "simo_sha256"  # safetensors header metadata: digest of the tensors, checked on load
 META = "meta.json"
 STATS = {"hits": 0, "misses": 0}  # this process's hits and misses
-EVENTS = "events.jsonl"  # under a runner (SIMO_RUN set): one line per hit or miss, read by its summary
+EVENTS = "events"  # under a runner (SIMO_RUN set): events/<run>.jsonl, a line per hit or miss
 
 
 def _canonical(obj: Any) -> Any:
@@ -231,12 +231,16 @@ def _record(step: str, hit: bool) -> None:
     run = os.environ.get("SIMO_RUN")
     if not run:
         return
-    line = json.dumps({"run": run, "nb": os.environ.get("SIMO_NOTEBOOK", ""), "step": step,
-                       "hit": hit})
-    path = paths.cache_root() / EVENTS
+    line = json.dumps({"nb": os.environ.get("SIMO_NOTEBOOK", ""), "step": step, "hit": hit})
+    path = events_file(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:  # one short O_APPEND write per event: safe across processes
         fh.write(line + "\n")
+
+
+def events_file(run: str) -> Path:
+    """The hit/miss log of one runner run (the runner reads it, then removes it)."""
+    return paths.cache_root() / EVENTS / f"{run}.jsonl"
 
 
 def memo(step: str, config: Mapping[str, Any], fn: Callable[[], Any],

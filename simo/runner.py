@@ -106,10 +106,11 @@ def run_notebook(notebook: str, profile: str, params: Mapping[str, Any] | None =
 
 def cache_events(notebook: str) -> tuple[int, int]:
     """(hits, misses) of the cache in this run (``SIMO_RUN``) by ``notebook`` and its jobs."""
-    from simo.cache import EVENTS
+    from simo.cache import events_file
 
-    path, run = paths.cache_root() / EVENTS, os.environ.get("SIMO_RUN")
-    if not run or not path.is_file():
+    run = os.environ.get("SIMO_RUN")
+    path = events_file(run) if run else None
+    if path is None or not path.is_file():
         return 0, 0
     hits = misses = 0
     for line in path.read_text().splitlines():
@@ -117,7 +118,7 @@ def cache_events(notebook: str) -> tuple[int, int]:
             e = json.loads(line)
         except ValueError:  # a line cut by a kill
             continue
-        if e.get("run") == run and e.get("nb") == notebook:
+        if e.get("nb") == notebook:
             hits += bool(e["hit"])
             misses += not e["hit"]
     return hits, misses
@@ -151,6 +152,9 @@ def run_all(profile: str, only: Sequence[str] | None = None,
     try:
         return _run_in_order(profile, chosen, params, jobs or 1)
     finally:  # the kernels inherited them; this process goes back to how it was
+        from simo.cache import events_file
+
+        events_file(os.environ["SIMO_RUN"]).unlink(missing_ok=True)  # counted in the records
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -14,6 +14,7 @@ import torch
 
 from simo import cache, merging, paths, runner
 from simo.config import load_profile, resolve
+from simo.data import make_dataset
 from simo.errors import SimoError
 from simo.tasks import get_tasks
 from simo.train import Phase, check_weights, run_phases
@@ -133,10 +134,10 @@ CASES = {
     "loss weight for another task": (lambda _p: check_weights(get_tasks(["depth"]), {"edges": 1.0}),
                                      "loss weight for 'edges', which is not a task of this run"),
     # data
-    "missing data directory": (lambda p: __import__("simo.data", fromlist=["x"]).make_dataset(
+    "missing data directory": (lambda p: make_dataset(
         resolve("smoke", dataset="nyuv2", data_root=str(p / "nowhere")), "train"),
         "no nyuv2/ under data_root"),
-    "malformed data directory": (lambda p: __import__("simo.data", fromlist=["x"]).make_dataset(
+    "malformed data directory": (lambda p: make_dataset(
         resolve("smoke", dataset="nyuv2", data_root=str(_nyuv2_root(p))), "train"),
         "cannot read"),
     "empty split": (lambda _p: tiny_profile(**{"data.n_val": 0}),

@@ -94,6 +94,7 @@ def test_summary_counts_cache_hits_and_force_recomputes(tmp_cache, tmp_path):
     forced = runner.run_all("smoke", only=["00"], force=True)[0]
     assert forced.misses == first.misses
     assert "cache hits" in runner.summary([again]).splitlines()[0]
+    assert not list((tmp_cache / "events").glob("*.jsonl")), "each run removes its event log"
 
 
 def test_run_leaves_the_callers_environment_as_it_was(monkeypatch):
