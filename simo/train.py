@@ -1,12 +1,14 @@
 """One training loop for every regime: SimMIM pretraining, single-task (two-phase), weighted multi-task.
 
-The core, :func:`run_phases`, owns what every regime shares: AdamW with linear warm-up + cosine
-decay (a one-cycle shape), gradient clipping, NaN detection, a validation curve, progress bars and
-resumable checkpoints. Regimes differ only in which parameters train and what the loss is.
+The core, :func:`run_phases`, owns what every regime shares: AdamW (or IVON, for the previews'
+posteriors) with linear warm-up + cosine decay (a one-cycle shape), gradient clipping, NaN
+detection, a validation curve, progress bars and resumable checkpoints. Regimes differ only in which
+parameters train, what the loss is and which optimizer steps.
 
 Determinism and resume: the minibatch of global step ``s`` is drawn from a generator seeded with
 ``(seed, s)``, so a run resumed from a checkpoint at step ``s`` continues exactly as the
-uninterrupted run would (model + optimizer state are restored bit for bit).
+uninterrupted run would (model + optimizer state are restored bit for bit). IVON's weight noise
+comes from the global torch RNG, so each step reseeds it from ``(seed, s)`` inside a forked RNG.
 """
 from __future__ import annotations
 
@@ -89,6 +91,7 @@ class Phase:
     """``steps`` optimizer steps of ``loss_fn`` on ``groups`` (AdamW param groups with base ``lr``).
 
     ``loss_fn(batch, generator)`` returns the scalar loss and a dict of floats to log.
+    ``optimizer(groups)`` builds the phase's optimizer; None: AdamW with the loop's weight decay.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Phase:
     groups: list[dict]
     loss_fn: LossFn
     warmup: int = 0
+    optimizer: Callable[[list[dict]], torch.optim.Optimizer] | None = None
 
 
 @dataclass
@@ -104,19 +108,29 @@ class LoopResult:
     steps: int = 0
     samples: int = 0  # distinct training samples seen
     seconds: float = 0.0
+    optimizer: torch.optim.Optimizer | None = None  # the last phase's (its curvature: previews)
 
 
 def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    """Optimizer state as tensors + JSON. IVON keeps tensors in its param groups (``hess``,
+    ``momentum``) and its bias-correction step count outside the state dict: both are saved."""
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
+        if not isinstance(st, dict):  # IVON's per-step scratch ("count", "avg_grad", ...)
+            scalars[f"{pid}/"] = st.item() if isinstance(st, Tensor) else st
+            continue
         for name, v in st.items():
             if isinstance(v, Tensor):
                 tensors[f"opt/{pid}/{name}"] = v
             else:
                 scalars[f"{pid}/{name}"] = v
-    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"scalars": scalars, "groups": groups}
+    groups = []
+    for i, g in enumerate(sd["param_groups"]):
+        groups.append({k: v for k, v in g.items() if not isinstance(v, Tensor)})
+        tensors.update({f"optg/{i}/{k}": v for k, v in g.items() if isinstance(v, Tensor)})
+    return tensors, {"scalars": scalars, "groups": groups,
+                     "current_step": getattr(opt, "current_step", None)}
 
 
 def _opt_load(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], info: dict) -> None:
@@ -125,10 +139,20 @@ def _opt_load(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], info: d
         if k.startswith("opt/"):
             _, pid, name = k.split("/", 2)
             state.setdefault(int(pid), {})[name] = v
+    groups = [dict(g) for g in info["groups"]]
+    for k, v in tensors.items():
+        if k.startswith("optg/"):
+            _, i, name = k.split("/", 2)
+            groups[int(i)][name] = v
     for k, v in info["scalars"].items():
         pid, name = k.split("/", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": info["groups"]})
+        if not name:
+            state[pid] = v
+        else:
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    if info.get("current_step") is not None:
+        opt.current_step = info["current_step"]
 
 
 class Checkpointer:
@@ -185,6 +209,7 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
     bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, leave=False)
     step_base = 0
     running: list[float] = []
+    opt: torch.optim.Optimizer | None = None
     for phase in phases:
         if start >= step_base + phase.steps:
             step_base += phase.steps
@@ -193,7 +218,10 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
         trainable = {id(p) for p in params}
         for p in module.parameters():
             p.requires_grad_(id(p) in trainable)
-        opt = torch.optim.AdamW([{**g} for g in phase.groups], weight_decay=weight_decay)
+        groups = [{**g} for g in phase.groups]
+        opt = (phase.optimizer(groups) if phase.optimizer is not None else
+               torch.optim.AdamW(groups, weight_decay=weight_decay))
+        variational = hasattr(opt, "sampled_params")  # IVON: the gradient at a weight sample
         if resumed is not None and start > step_base:
             _opt_load(opt, resumed[0], resumed[1]["opt"])
         module.train()
@@ -206,15 +234,15 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
             batch, idx = sample_batch(data, batch_size, gen, flip, scales)
             batch = to_device(batch, device)
             seen[idx] = True
-            loss, logs = phase.loss_fn(batch, gen)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{desc}: loss became {loss.item()} at step {gstep} "
-                                    f"({phase.name} phase); lower the learning rate or check the "
-                                    "data for NaN/inf values")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if variational:
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(seed * 1_000_003 + gstep)
+                    with opt.sampled_params(train=True):
+                        loss, logs = _backward(phase, batch, gen, opt, params, desc, gstep,
+                                               fill_grads=True)
+            else:
+                loss, logs = _backward(phase, batch, gen, opt, params, desc, gstep,
+                                       grad_clip=grad_clip)
             opt.step()
             running.append(loss.item())
             bar.update(1)
@@ -237,7 +265,54 @@ def run_phases(module: nn.Module, phases: Sequence[Phase], data: Batch, *,
     result.steps = total
     result.samples = int(seen.sum())
     result.seconds = time.perf_counter() - t0
+    result.optimizer = opt
     return result
+
+
+def _backward(phase: Phase, batch: Batch, gen: torch.Generator, opt: torch.optim.Optimizer,
+              params: list[Tensor], desc: str, gstep: int, grad_clip: float = 0.0,
+              fill_grads: bool = False) -> tuple[Tensor, dict[str, float]]:
+    """Loss and gradients of one step; a NaN/inf loss is a one-line TrainingError.
+
+    ``fill_grads``: a parameter the loss does not reach gets a zero gradient (IVON needs one for
+    every parameter; AdamW instead skips it, which keeps a zero-weight task's head as it is).
+    """
+    loss, logs = phase.loss_fn(batch, gen)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"{desc}: loss became {loss.item()} at step {gstep} "
+                            f"({phase.name} phase); lower the learning rate or check the "
+                            "data for NaN/inf values")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for p in params if fill_grads else ():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    return loss, logs
+
+
+def curvature(module: nn.Module, opt: torch.optim.Optimizer, prefix: str = ""
+              ) -> dict[str, Tensor]:
+    """Per-parameter curvature an optimizer ends with, by parameter name (under ``prefix``).
+
+    AdamW: its second-moment estimate ``exp_avg_sq`` (an EMA of squared minibatch gradients).
+    IVON: its Hessian estimate ``hess`` (one flat vector per param group, in parameter order).
+    The previews turn these into posterior precisions (:mod:`simo.previews`).
+    """
+    names = {id(p): n[len(prefix):] for n, p in module.named_parameters() if n.startswith(prefix)}
+    out: dict[str, Tensor] = {}
+    for g in opt.param_groups:
+        offset = 0
+        for p in g["params"]:
+            if "hess" in g:
+                value = g["hess"][offset:offset + p.numel()].view_as(p)
+                offset += p.numel()
+            else:
+                value = opt.state.get(p, {}).get("exp_avg_sq")
+            if id(p) in names and value is not None:
+                out[names[id(p)]] = value.detach().clone()
+    return out
 
 
 # ------------------------------------------------------------------ evaluation ---------------------
@@ -340,14 +415,17 @@ def check_weights(tasks: Sequence[Task], weights: Mapping[str, float] | None) ->
 def finetune(model: nn.Module, tasks: Sequence[Task], train: Batch, val: Batch, cfg,
              *, seed: int, weights: Mapping[str, float] | None = None,
              weighting: str = "equal", steps: int | None = None, eval_batch_size: int = 128,
-             partial_dir: Path | None = None, desc: str = "finetune",
-             progress: bool = True) -> LoopResult:
+             ivon: Mapping[str, float] | None = None, partial_dir: Path | None = None,
+             desc: str = "finetune", progress: bool = True) -> LoopResult:
     """Two-phase finetuning (``cfg`` is a FinetuneConfig): heads alone, then encoder + heads.
 
     Single-task, joint MTL (equal weights), weighted MTL (``weights``) and Kendall's uncertainty
     weighting (``weighting="uncertainty"``) share this loop and its budget conventions; ``steps``
     overrides ``cfg.steps`` for phase 2. The head phase gives every head a trained start, also those
     whose weight is 0 in a weighted run, so no head is untrained at the ends of an alpha grid.
+    ``ivon`` (settings of :func:`ivon_optimizer`): phase 2 steps with IVON instead of AdamW; the
+    encoder is its own param group (IVON's ``hess`` is one vector per group) and heads whose weight
+    is 0 are left out (IVON would decay them), so they stay as the head phase left them.
     """
     if weighting not in WEIGHTINGS:
         raise TrainingError(one_of(weighting, WEIGHTINGS, "weighting"))
@@ -361,10 +439,18 @@ def finetune(model: nn.Module, tasks: Sequence[Task], train: Batch, val: Batch, 
         # a submodule while training, so checkpoints (and resume) carry the log-variances
         model.loss_weights = uw = UncertaintyWeights([t.name for t in tasks])
         groups.append({"params": list(uw.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0})
+    full = Phase("full", cfg.steps if steps is None else steps, groups,
+                 multitask_loss(model, tasks, weights, uncertainty=uw), cfg.warmup)
+    if ivon is not None:
+        if uw is not None:
+            raise TrainingError("uncertainty weighting with IVON is not supported; use "
+                                "weighting='equal' or fixed weights")
+        live = [p for t in tasks if weights[t.name] > 0 for p in model.heads[t.name].parameters()]
+        full.groups = [{"params": enc_params, "lr": ivon["lr"]},
+                       {"params": live, "lr": ivon["head_lr"]}]
+        full.optimizer = ivon_optimizer(ivon)
     phases = [Phase("head", cfg.head_steps, [{"params": head_params, "lr": cfg.head_lr}],
-                    head_loss),
-              Phase("full", cfg.steps if steps is None else steps, groups,
-                    multitask_loss(model, tasks, weights, uncertainty=uw), cfg.warmup)]
+                    head_loss), full]
     val_sub = {k: v[:cfg.n_eval] for k, v in val.items()}
 
     def eval_fn() -> dict:
@@ -379,6 +465,32 @@ def finetune(model: nn.Module, tasks: Sequence[Task], train: Batch, val: Batch, 
     finally:
         if uw is not None:
             del model.loss_weights
+
+
+IVON_KEYS = ("lr", "head_lr", "ess", "hess_init", "beta2", "weight_decay")
+
+
+def ivon_optimizer(settings: Mapping[str, float]) -> Callable[[list[dict]], torch.optim.Optimizer]:
+    """A factory for IVON (Shen et al., 2024), the authors' ``ivon-opt`` package, one MC sample.
+
+    ``settings``: ``lr`` / ``head_lr`` (per group), ``ess`` (effective sample size: a large value
+    tempers the posterior; only precision ratios matter to the previews), ``hess_init``, ``beta2``
+    (the default 0.99999 leaves ``hess`` at its initial value over a short run) and
+    ``weight_decay`` (DESIGN.md: lr 2, ess 1e8, hess_init 0.1, beta2 0.99, wd 1e-4 worked).
+    """
+    missing = [k for k in IVON_KEYS if k not in settings]
+    if missing:
+        raise TrainingError(f"IVON settings lack {', '.join(missing)}; give all of "
+                            f"{', '.join(IVON_KEYS)}")
+
+    def make(groups: list[dict]) -> torch.optim.Optimizer:
+        import ivon
+
+        return ivon.IVON(groups, lr=settings["lr"], ess=settings["ess"],
+                         hess_init=settings["hess_init"], beta2=settings["beta2"],
+                         weight_decay=settings["weight_decay"], mc_samples=1)
+
+    return make
 
 
 # ------------------------------------------------------------------ pretraining --------------------

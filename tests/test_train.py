@@ -12,6 +12,7 @@ from simo.config import PretrainConfig
 from simo.data import make_dataset
 from simo.errors import TrainingError
 from simo.models import build_encoder, build_model
+from simo.pipeline import ivon_settings
 from simo.tasks import get_tasks
 from simo.train import evaluate, finetune, lr_factor, pretrain, sample_batch
 
@@ -186,14 +187,17 @@ def test_huge_learning_rate_is_a_training_error(scenes):
 # ------------------------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("crash_at,ckpt_step", [(5, 4), (3, 2)])
-def test_resume_is_bit_identical(scenes, tmp_path, monkeypatch, crash_at, ckpt_step):
-    """Crash after a checkpoint, rerun with the same partial_dir: same weights as no crash."""
+@pytest.mark.parametrize("crash_at,ckpt_step,optimizer",
+                         [(5, 4, "adamw"), (3, 2, "adamw"), (5, 4, "ivon")])
+def test_resume_is_bit_identical(scenes, tmp_path, monkeypatch, crash_at, ckpt_step, optimizer):
+    """Crash after a checkpoint, rerun with the same partial_dir: same weights as no crash
+    (IVON: its hess, momentum and bias-correction step count are restored too)."""
     p, tr, val = scenes
     tasks = get_tasks(["depth", "normals"])
     cfg = p.finetune  # head 2 + full 4 steps, checkpoints after steps 2 and 4
     assert (cfg.head_steps, cfg.steps, cfg.ckpt_every) == (2, 4, 2)
-    ref_model, ref = _run(p, tasks, tr, val, partial_dir=tmp_path / "ref")
+    kw = {"ivon": ivon_settings(p)} if optimizer == "ivon" else {}
+    ref_model, ref = _run(p, tasks, tr, val, partial_dir=tmp_path / "ref", **kw)
 
     real = train.step_generator
     calls: list[int] = []
@@ -207,14 +211,14 @@ def test_resume_is_bit_identical(scenes, tmp_path, monkeypatch, crash_at, ckpt_s
     partial = tmp_path / "partial"
     monkeypatch.setattr(train, "step_generator", crashing)
     with pytest.raises(KeyboardInterrupt):
-        _run(p, tasks, tr, val, partial_dir=partial)
+        _run(p, tasks, tr, val, partial_dir=partial, **kw)
     assert (partial / "ckpt.json").is_file()
     assert train.cache.load_json(partial / "ckpt.json")["step"] == ckpt_step
 
     calls.clear()
     monkeypatch.setattr(train, "step_generator", lambda seed, step: calls.append(step)
                         or real(seed, step))
-    model, res = _run(p, tasks, tr, val, partial_dir=partial)
+    model, res = _run(p, tasks, tr, val, partial_dir=partial, **kw)
     assert calls == list(range(ckpt_step, cfg.head_steps + cfg.steps))  # really resumed
 
     got, want = model.state_dict(), ref_model.state_dict()
@@ -223,6 +227,58 @@ def test_resume_is_bit_identical(scenes, tmp_path, monkeypatch, crash_at, ckpt_s
         assert torch.equal(got[k], want[k]), k
     assert res.history == ref.history
     assert res.samples == ref.samples and res.steps == ref.steps
+
+
+# ------------------------------------------------------------------------------- IVON / curvature
+
+
+def test_ivon_learns_a_hessian_and_its_noise_is_seeded_not_global(scenes):
+    """IVON's hess leaves hess_init (beta2 0.99), the run is a function of its seed, and the
+    noise draws do not consume the caller's global RNG."""
+    p, tr, val = scenes
+    tasks = get_tasks(["depth"])
+    torch.manual_seed(123)
+    _run(p, tasks, tr, val)
+    after_adamw = torch.rand(1)
+    torch.manual_seed(123)
+    m1, r1 = _run(p, tasks, tr, val, ivon=ivon_settings(p))
+    assert torch.equal(torch.rand(1), after_adamw)  # the noise draws leave the global RNG as is
+    m2, r2 = _run(p, tasks, tr, val, ivon=ivon_settings(p))
+    for k, v in m1.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
+    hess = train.curvature(m1, r1.optimizer, "encoder.vit.")
+    trainable = {n[len("encoder.vit."):] for n, q in m1.named_parameters()
+                 if n.startswith("encoder.vit.") and q.requires_grad}
+    assert set(hess) == trainable and "norm.weight" not in hess  # frozen final norm: none
+    flat = torch.cat([h.flatten() for h in hess.values()])
+    assert (flat > 0).all() and not torch.allclose(flat, torch.full_like(flat, p.previews.ivon_hess_init))
+
+
+def test_adamw_curvature_is_its_second_moment(scenes):
+    p, tr, val = scenes
+    model, res = _run(p, get_tasks(["depth"]), tr, val)
+    curv = train.curvature(model, res.optimizer, "encoder.vit.")
+    w = model.encoder.vit.blocks[0].attn.qkv.weight
+    assert torch.equal(curv["blocks.0.attn.qkv.weight"], res.optimizer.state[w]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "ivon"])
+def test_zero_weight_head_keeps_its_head_phase_weights(scenes, optimizer):
+    """At the end of an alpha grid a task has weight 0: its head trains in the head phase only."""
+    p, tr, val = scenes
+    tasks = get_tasks(["depth", "normals"])
+    kw = {"ivon": ivon_settings(p)} if optimizer == "ivon" else {}
+    head_only = dataclasses.replace(p.finetune, steps=0)
+    m0, _ = _run(p, tasks, tr, val, cfg=head_only, weights={"depth": 1.0, "normals": 0.0})
+    m1, _ = _run(p, tasks, tr, val, weights={"depth": 1.0, "normals": 0.0}, **kw)
+    for k, v in m0.heads["normals"].state_dict().items():
+        assert torch.equal(v, m1.heads["normals"].state_dict()[k]), k
+    assert not torch.equal(m0.heads["depth"].proj.weight, m1.heads["depth"].proj.weight)
+
+
+def test_ivon_settings_are_checked():
+    with pytest.raises(TrainingError, match="IVON settings lack head_lr, ess"):
+        train.ivon_optimizer({"lr": 1.0})
 
 
 def test_no_checkpoint_at_the_end(scenes, tmp_path):
