@@ -34,6 +34,10 @@ class TrainingError(SimoError):
     """Training diverged (NaN/inf loss) or cannot proceed."""
 
 
+class PreviewError(SimoError):
+    """Bad inputs to a preview: alpha not on the simplex, mismatched posteriors, ..."""
+
+
 def one_of(value: object, choices, what: str) -> str:
     """Format 'unknown <what> 'x'; choose one of: a, b, c' for error messages."""
     return f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}"
