@@ -106,6 +106,30 @@ class RelationsConfig:
 
 
 @dataclass(frozen=True)
+class PreviewsConfig:
+    """Previews of weighted multi-task finetuning by Bayesian merging (notebook 05)."""
+
+    tasks: tuple[str, ...] = ("segmentation", "depth")  # 2 tasks: alpha on [0, 1]; 3: the simplex
+    n_alpha: int = 9  # grid points per edge of the simplex
+    steps: int = 0  # full-phase steps of every run (posteriors and ground truth); 0 = finetune.steps
+    seeds: tuple[int, ...] = (0, 1, 2)  # per-task runs (AdamW and IVON): the previews' seed spread
+    components: int = 3  # K of MultiIVON-Hess: IVON runs of the first K seeds, one mixture per task
+    gt_seeds: tuple[int, ...] = (0,)  # seeds of the ground-truth grid (weighted finetuning)
+    prior_rel: float = 1e-2  # prior precision at θ0 = prior_rel × median posterior precision
+    sg_estimator: str = "adam"  # AdamW-SG precision: adam (final exp_avg_sq) | gradsq (a g² pass)
+    sg_batches: int = 16  # minibatches of the g² pass
+    realign_samples: int = 500  # head realignment of each previewed encoder: labelled samples
+    realign_steps: int = 100  # ... and steps (on cached features, realign.head_lr)
+    em_iters: int = 50  # MultiIVON: EM iterations at most
+    ivon_lr: float = 2.0
+    ivon_head_lr: float = 2.0
+    ivon_ess: float = 1.0e8  # tempered: only precision ratios matter to a preview
+    ivon_hess_init: float = 0.1
+    ivon_beta2: float = 0.99  # 0.99999 (IVON's default) leaves hess at hess_init on short runs
+    ivon_weight_decay: float = 1.0e-4
+
+
+@dataclass(frozen=True)
 class JobsConfig:
     """How independent jobs (seeds, tasks, λ values) run: see :mod:`simo.jobs`."""
 
@@ -132,6 +156,7 @@ class Profile:
     merging: MergeConfig = field(default_factory=MergeConfig)
     realign: RealignConfig = field(default_factory=RealignConfig)
     relations: RelationsConfig = field(default_factory=RelationsConfig)
+    previews: PreviewsConfig = field(default_factory=PreviewsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,7 +295,28 @@ def _check_values(p: Profile) -> None:
     if p.relations.lam_step <= 0 or p.relations.lam_max <= 0 or not p.relations.pair_seeds:
         raise ConfigError("relations: lam_step and lam_max must be > 0 and pair_seeds non-empty, "
                           f"got {p.relations}")
-    for sec in ("pretrain", "finetune", "realign", "relations", "jobs"):
+    pv = p.previews
+    for t in pv.tasks:
+        if t not in TASK_NAMES:
+            raise ConfigError(one_of(t, TASK_NAMES, "previews task"))
+    if len(set(pv.tasks)) != len(pv.tasks) or len(pv.tasks) < 2:
+        raise ConfigError(f"previews.tasks must list at least two different tasks, got "
+                          f"{list(pv.tasks)}")
+    if pv.n_alpha < 2 or not pv.seeds or not pv.gt_seeds:
+        raise ConfigError("previews: n_alpha must be >= 2 and seeds, gt_seeds non-empty, got "
+                          f"n_alpha={pv.n_alpha}, seeds={list(pv.seeds)}, "
+                          f"gt_seeds={list(pv.gt_seeds)}")
+    if not 1 <= pv.components <= len(pv.seeds):
+        raise ConfigError(f"previews.components ({pv.components}) must be between 1 and the "
+                          f"number of previews.seeds ({len(pv.seeds)})")
+    if pv.sg_estimator not in SG_ESTIMATORS:
+        raise ConfigError(one_of(pv.sg_estimator, SG_ESTIMATORS, "previews.sg_estimator"))
+    for k in ("ivon_lr", "ivon_head_lr", "ivon_ess", "ivon_hess_init", "prior_rel"):
+        if not getattr(pv, k) > 0:
+            raise ConfigError(f"previews.{k} must be > 0, got {getattr(pv, k)}")
+    if not 0 < pv.ivon_beta2 < 1:
+        raise ConfigError(f"previews.ivon_beta2 must be in (0, 1), got {pv.ivon_beta2}")
+    for sec in ("pretrain", "finetune", "realign", "relations", "previews", "jobs"):
         for f in dataclasses.fields(getattr(p, sec)):
             v = getattr(getattr(p, sec), f.name)
             if isinstance(v, (int, float)) and v < 0:
@@ -278,6 +324,7 @@ def _check_values(p: Profile) -> None:
 
 
 DATASETS = ("scenes", "nyuv2", "cityscapes", "taskonomy")
+SG_ESTIMATORS = ("adam", "gradsq")
 # Segmentation classes a real dataset ships, the default first: NYUv2's 13-class MTAN labels;
 # Cityscapes' 19 classes (label_19) or 7 categories (label_7). Others: 6 (what scenes render).
 DATASET_CLASSES: dict[str, tuple[int, ...]] = {"nyuv2": (13,), "cityscapes": (19, 7)}

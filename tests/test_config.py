@@ -213,3 +213,20 @@ def test_seeds_accept_lists_and_comma_strings_and_conflict_with_seed():
         resolve("smoke", seed=1, seeds=[0, 1])
     with pytest.raises(ConfigError, match="seeds must be integers"):
         resolve("smoke", seeds="0,a")
+
+
+def test_previews_section_is_checked():
+    assert "previews task" in _err(overrides={"previews.tasks": ["depth", "colour"]})
+    assert "at least two different" in _err(overrides={"previews.tasks": ["depth", "depth"]})
+    assert "at least two different" in _err(overrides={"previews.tasks": ["depth"]})
+    assert "n_alpha must be >= 2" in _err(overrides={"previews.n_alpha": 1})
+    assert "gt_seeds" in _err(overrides={"previews.gt_seeds": []})
+    msg = _err(overrides={"previews.components": 3, "previews.seeds": [0, 1]})
+    assert "components (3)" in msg and "previews.seeds (2)" in msg
+    msg = _err(overrides={"previews.sg_estimator": "fisher"})
+    assert "'fisher'" in msg and "adam" in msg and "gradsq" in msg
+    assert "previews.ivon_ess must be > 0, got 0" in _err(overrides={"previews.ivon_ess": 0})
+    assert "previews.prior_rel must be > 0" in _err(overrides={"previews.prior_rel": 0.0})
+    assert "ivon_beta2 must be in (0, 1), got 1.0" in _err(overrides={"previews.ivon_beta2": 1.0})
+    ok = load_profile("smoke", {"previews.tasks": ["depth", "normals", "edges"]})
+    assert ok.previews.tasks == ("depth", "normals", "edges")
