@@ -23,6 +23,7 @@ from simo.tasks import Task, get_tasks
 from simo.train import evaluate, finetune, pick_device, pretrain
 
 INITS = ("pretrained", "scratch")
+OPTIMIZERS = ("adamw", "ivon")
 SWEEP_HEADS = ("original", "pretrained")  # heads that read a task-vector sweep (MergeSetup.sweep)
 # Source files whose edits invalidate cached training / evaluation results (not the whole package:
 # adding an adapter or a plot must not retrain every model).
@@ -109,21 +110,27 @@ def model_from(profile: Profile, tasks: Sequence[Task], encoder: dict[str, torch
 
 def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
               init: str = "pretrained", weights: dict[str, float] | None = None,
-              weighting: str = "equal", progress: bool = True) -> cache.Artifact:
-    """A finetuned model (two-phase, AdamW, warm-up + cosine) for one task or several (joint MTL).
+              weighting: str = "equal", optimizer: str = "adamw",
+              progress: bool = True) -> cache.Artifact:
+    """A finetuned model (two-phase, warm-up + cosine) for one task or several (joint MTL).
 
     Joint runs train ``finetune.mtl_steps`` full steps (0: as many as a single-task run), with
-    equal loss weights, fixed ``weights`` or Kendall's ``weighting="uncertainty"``.
-    Tensors: ``encoder.<vit key>`` and ``head.<task>.<key>``; meta: validation curve, optimizer
-    steps, distinct samples seen, wall seconds, and final ``val``/``test`` metrics.
+    equal loss weights, fixed ``weights`` or Kendall's ``weighting="uncertainty"``. Phase 2 steps
+    with AdamW or (``optimizer="ivon"``, the profile's ``previews.ivon_*`` settings) IVON.
+    Tensors: ``encoder.<vit key>``, ``head.<task>.<key>`` and ``curvature.<vit key>`` (AdamW's
+    final ``exp_avg_sq`` or IVON's ``hess``: the previews' precisions); meta: validation curve,
+    optimizer steps, distinct samples seen, wall seconds, and final ``val``/``test`` metrics.
     """
-    from simo.train import WEIGHTINGS, check_weights
+    from simo.train import WEIGHTINGS, check_weights, curvature
 
     names = [task] if isinstance(task, str) else list(task)
     if init not in INITS:
         raise TaskError(one_of(init, INITS, "init"))
     if weighting not in WEIGHTINGS:
         raise TaskError(one_of(weighting, WEIGHTINGS, "weighting"))
+    if optimizer not in OPTIMIZERS:
+        raise TaskError(one_of(optimizer, OPTIMIZERS, "optimizer"))
+    ivon = ivon_settings(profile) if optimizer == "ivon" else None
     tasks = tasks_of(profile, names)
     weights = check_weights(tasks, weights) if weights is not None else None
     base = pretrained(profile, progress) if init == "pretrained" else None
@@ -133,7 +140,8 @@ def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
         ft["steps"] = mtl_steps
     cfg = {"data": _data_cfg(profile), "model": dataclasses.asdict(profile.model),
            "finetune": ft, "tasks": names, "seed": seed, "init": init,
-           "pretrained": base.key if base else None, "weights": weights, "weighting": weighting}
+           "pretrained": base.key if base else None, "weights": weights, "weighting": weighting,
+           "optimizer": optimizer, "ivon": ivon}
 
     def compute(out: Path, partial: Path) -> None:
         model = build_model(profile, tasks, seed=seed)
@@ -142,7 +150,7 @@ def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
         model.to(pick_device(profile.device))
         train, val = make_dataset(profile, "train"), make_dataset(profile, "val")
         res = finetune(model, tasks, train, val, profile.finetune, seed=seed, weights=weights,
-                       weighting=weighting, steps=ft["steps"],
+                       weighting=weighting, steps=ft["steps"], ivon=ivon,
                        eval_batch_size=profile.eval_batch_size, partial_dir=partial,
                        desc=f"{'+'.join(names)} ({init}, seed {seed})", progress=progress)
         test = make_dataset(profile, "test")
@@ -150,6 +158,8 @@ def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
         for t in tasks:
             tensors.update({f"head.{t.name}.{k}": v
                             for k, v in model.heads[t.name].state_dict().items()})
+        tensors.update({f"curvature.{k}": v for k, v in
+                        curvature(model, res.optimizer, "encoder.vit.").items()})
         cache.save_tensors(out / cache.TENSORS, tensors)
         cache.save_json(out / cache.META, {
             "history": res.history, "steps": res.steps, "samples": res.samples,
@@ -159,6 +169,14 @@ def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
 
     step = "finetuned" if len(names) == 1 else "multitask"
     return cache.get_or_compute(step, cfg, compute, modules=_code(profile))
+
+
+def ivon_settings(profile: Profile) -> dict[str, float]:
+    """The profile's IVON settings, as :func:`simo.train.ivon_optimizer` takes them."""
+    pv = profile.previews
+    return {"lr": pv.ivon_lr, "head_lr": pv.ivon_head_lr, "ess": pv.ivon_ess,
+            "hess_init": pv.ivon_hess_init, "beta2": pv.ivon_beta2,
+            "weight_decay": pv.ivon_weight_decay}
 
 
 def heads_of(art: cache.Artifact) -> dict[str, dict[str, torch.Tensor]]:
@@ -447,3 +465,174 @@ def merge_setup(profile: Profile, seed: int = 0, with_fisher: bool = False) -> M
     if with_fisher:
         setup.fishers = [fisher_of(profile, single[t], t, seed) for t in names]
     return setup
+
+
+# ------------------------------------------------------------------ previews (notebook 05) ---------
+
+def previews_profile(profile: Profile) -> Profile:
+    """The profile every previews run uses: the weighted tasks, and ``previews.steps`` full steps
+    for per-task runs and weighted ground truth alike (the same budget, as the paper compares)."""
+    pv, ft = profile.previews, profile.finetune
+    steps = pv.steps or ft.steps
+    return dataclasses.replace(profile, tasks=tuple(pv.tasks),
+                               finetune=dataclasses.replace(ft, steps=steps, mtl_steps=steps))
+
+
+def weighted_run(profile: Profile, alpha: Sequence[float], seed: int = 0,
+                 optimizer: str = "adamw", progress: bool = True) -> cache.Artifact:
+    """Ground truth at ``alpha``: real finetuning on Σ_t α_t ℓ_t over ``previews.tasks``."""
+    from simo.previews import check_alpha
+
+    pp = previews_profile(profile)
+    alpha = check_alpha(alpha, len(pp.tasks))
+    return finetuned(pp, list(pp.tasks), seed=seed, weights=dict(zip(pp.tasks, alpha)),
+                     optimizer=optimizer, progress=progress)
+
+
+def _posterior_runs(kind: str, seed: int, profile: Profile) -> list[tuple[str, int]]:
+    """(optimizer, seed) of the per-task runs behind a posterior of ``kind``."""
+    if kind == "multi_ivon_hess":
+        return [("ivon", s) for s in profile.previews.seeds[:profile.previews.components]]
+    return [("ivon" if kind == "ivon_hess" else "adamw", seed)]
+
+
+def posterior(profile: Profile, task: str, kind: str, seed: int = 0):
+    """The posterior of one task's encoder (:class:`simo.previews.Posterior`), cached as safetensors.
+
+    ``isotropic``: the AdamW run's weights, unit precision. ``adamw_sg``: AdamW's final second
+    moment (``previews.sg_estimator="adam"``) or a pass of squared minibatch gradients at the final
+    weights (``"gradsq"``, ``previews.sg_batches`` batches). ``ivon_hess``: the IVON run's mean and
+    precision ess·(hess + weight decay). ``multi_ivon_hess``: the IVON runs of the first
+    ``previews.components`` seeds as an equal-weight mixture (``seed`` is ignored).
+    """
+    from simo.previews import KINDS, gaussian, isotropic, load_posterior, mixture, save_posterior
+
+    if kind not in KINDS:
+        raise MergeError(one_of(kind, KINDS, "posterior kind"))
+    pp, pv = previews_profile(profile), profile.previews
+    if task not in pp.tasks:
+        raise TaskError(one_of(task, pp.tasks, "previews task"))
+    runs = {(o, s): finetuned(pp, task, seed=s, optimizer=o) for o, s in _posterior_runs(kind, seed,
+                                                                                          pp)}
+    cfg = {"task": task, "kind": kind, "sources": [a.key for a in runs.values()],
+           "sg": [pv.sg_estimator, pv.sg_batches] if kind == "adamw_sg" else None}
+
+    def gaussian_of(art: cache.Artifact, run_seed: int):
+        mean = art.tensors("encoder.")
+        if kind == "isotropic":
+            return isotropic(mean)
+        if kind == "adamw_sg" and pv.sg_estimator == "gradsq":
+            sg = dataclasses.replace(pp, merging=dataclasses.replace(
+                pp.merging, fisher_batches=pv.sg_batches))
+            curv = fisher_of(sg, art, task, run_seed)
+        else:
+            curv = art.tensors("curvature.")
+        scale = (pv.ivon_ess, pv.ivon_weight_decay) if kind != "adamw_sg" else (1.0, 0.0)
+        prec = {k: scale[0] * (curv[k] + scale[1]) if k in curv else torch.zeros_like(v)
+                for k, v in mean.items()}
+        return gaussian(mean, prec, kind)
+
+    def compute(out: Path, _partial: Path) -> None:
+        parts = [gaussian_of(a, s) for (_, s), a in runs.items()]
+        post = mixture(parts, kind) if kind == "multi_ivon_hess" else parts[0]
+        save_posterior(out / cache.TENSORS, post)
+        cache.save_json(out / cache.META, {"k": len(parts)})
+
+    art = cache.get_or_compute("posterior", cfg, compute,
+                               modules=_code(pp, _TRAIN_CODE + ("previews",)))
+    return load_posterior(art.path / cache.TENSORS)
+
+
+@dataclasses.dataclass
+class Previewer:
+    """Previews one kind of posterior at any α: merge, read with the single-task heads as they
+    are, then realign the heads briefly on the previewed encoder and read again (:func:`previewer`).
+    """
+
+    profile: Profile  # the previews profile, its head realignment set to previews.realign_*
+    tasks: list[Task]
+    posteriors: list
+    heads: dict[str, dict[str, torch.Tensor]]
+    prior_mean: dict[str, torch.Tensor]
+    prior_precision: float
+    realign_data: dict
+    seed: int = 0
+
+    def __call__(self, alpha: Sequence[float], data: dict, realign: bool = True) -> dict:
+        """``{"original": metrics, "realigned": metrics or None, "seconds": {"merge",
+        "evaluate", "realign"}}`` of the preview at ``alpha``, read on ``data``."""
+        import time
+
+        from simo.previews import preview
+
+        t0 = time.perf_counter()
+        enc = preview(self.posteriors, alpha, self.prior_mean, self.prior_precision,
+                      iters=self.profile.previews.em_iters)
+        encs = {t.name: enc for t in self.tasks}
+        t1 = time.perf_counter()
+        out = {"original": evaluate_encoders(self.profile, self.tasks, encs, self.heads, data),
+               "realigned": None}
+        t2 = time.perf_counter()
+        if realign:
+            new, _ = realign_heads(self.profile, self.tasks, encs, self.heads, self.realign_data,
+                                   self.seed)
+            out["realigned"] = evaluate_encoders(self.profile, self.tasks, encs, new, data)
+        t3 = time.perf_counter()
+        out["seconds"] = {"merge": t1 - t0, "evaluate": t2 - t1, "realign": t3 - t2}
+        return out
+
+
+def previewer(profile: Profile, kind: str, seed: int = 0) -> Previewer:
+    """The :class:`Previewer` of ``kind`` posteriors from the per-task runs of ``seed``. Heads come
+    from the same runs (the first component's for a mixture); the prior precision is
+    ``previews.prior_rel`` × the posteriors' median precision."""
+    from simo.previews import prior_precision
+
+    pp, pv = previews_profile(profile), profile.previews
+    tasks = tasks_of(pp)
+    rp = dataclasses.replace(pp, realign=dataclasses.replace(
+        pp.realign, n_samples=pv.realign_samples, head_steps=pv.realign_steps))
+    posts = [posterior(pp, t.name, kind, seed) for t in tasks]
+    o, s = _posterior_runs(kind, seed, pp)[0]
+    heads = {t.name: heads_of(finetuned(pp, t.name, seed=s, optimizer=o))[t.name] for t in tasks}
+    return Previewer(rp, tasks, posts, heads, pretrained(pp).tensors(),
+                     prior_precision(posts, pv.prior_rel),
+                     subset(make_dataset(pp, "train"), pv.realign_samples, seed), seed)
+
+
+def preview_grid(profile: Profile, kind: str, seed: int = 0, split: str = "test") -> dict:
+    """:class:`Previewer` results at every α of the grid (cached, with the summed timings).
+
+    Returns ``{"alphas", "original": [metrics per α], "realigned": [...], "prior_precision",
+    "seconds": {"merge", "evaluate", "realign"}}``; "evaluate" times the original-head reading,
+    "realign" the realignment and its reading.
+    """
+    from simo.previews import simplex_grid
+
+    pp, pv = previews_profile(profile), profile.previews
+    tasks = tasks_of(pp)
+    alphas = simplex_grid(len(tasks), pv.n_alpha)
+    sources = {t.name: [finetuned(pp, t.name, seed=s, optimizer=o).key
+                        for o, s in _posterior_runs(kind, seed, pp)] for t in tasks}
+    cfg = {"kind": kind, "seed": seed, "split": split, "alphas": alphas, "sources": sources,
+           "prior_rel": pv.prior_rel, "em_iters": pv.em_iters, "sg": [pv.sg_estimator,
+                                                                      pv.sg_batches],
+           "realign": [pv.realign_samples, pv.realign_steps, pp.realign.head_lr,
+                       pp.realign.batch_size]}
+
+    def run() -> dict:
+        at = previewer(profile, kind, seed)
+        data = make_dataset(pp, split)
+        out: dict = {"alphas": alphas, "original": [], "realigned": [],
+                     "prior_precision": at.prior_precision,
+                     "seconds": {"merge": 0.0, "evaluate": 0.0, "realign": 0.0}}
+        for alpha in alphas:
+            r = at(alpha, data)
+            out["original"].append(r["original"])
+            out["realigned"].append(r["realigned"])
+            for k, dt in r["seconds"].items():
+                out["seconds"][k] += dt
+        return out
+
+    return cache.memo("preview_grid", cfg, run,
+                      modules=_code(pp, _EVAL_CODE + ("previews", "pipeline")))

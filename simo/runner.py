@@ -30,6 +30,7 @@ NOTEBOOKS: dict[str, str] = {
     "02_misalignment": "merging encoders, the drop with original heads, and its diagnosis",
     "03_realignment": "head and representation realignment vs joint MTL, with costs and seeds",
     "04_task_relationships": "task relationships read from task vectors, checked by joint training",
+    "05_previews": "previews of weighted multi-task finetuning by Bayesian merging vs real runs",
 }
 # what must have run before (it trains what the notebook reuses); the others are independent
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -38,6 +39,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "02_misalignment": ("01_pretrain_and_finetune",),
     "03_realignment": ("01_pretrain_and_finetune",),
     "04_task_relationships": ("01_pretrain_and_finetune",),
+    "05_previews": ("01_pretrain_and_finetune",),  # the pretrained encoder
 }
 
 
