@@ -556,21 +556,27 @@ def interior(alphas: Sequence[Sequence[float]]) -> list[int]:
     return out
 
 
-def shape(curve: Sequence[float], flat: float = 1.0) -> str:
-    """``"flat"`` (range < ``flat`` points), ``"monotone"`` or ``"peaked"``: Spearman over α only
-    says something about a peaked curve (a monotone truth is matched by any monotone preview)."""
+def shape(curve: Sequence[float], flat: float = 1.0, wiggle: float = 0.1) -> str:
+    """``"flat"`` (range < ``flat`` points), ``"monotone"`` or ``"peaked"``.
+
+    Steps smaller than ``wiggle`` × the range are noise (a single-seed curve on a plateau wiggles)
+    and do not make a curve peaked. Spearman over α only says something about a peaked curve: a
+    monotone truth is matched in rank by any monotone preview.
+    """
     c = [x for x in _floats("curve", curve) if math.isfinite(x)]
     if len(c) < 2 or max(c) - min(c) < flat:
         return "flat"
-    steps = [b - a for a, b in zip(c, c[1:])]
-    return "monotone" if all(s >= 0 for s in steps) or all(s <= 0 for s in steps) else "peaked"
+    tol = wiggle * (max(c) - min(c))
+    signs = {s > 0 for s in (b - a for a, b in zip(c, c[1:])) if abs(s) > tol}
+    return "monotone" if len(signs) <= 1 else "peaked"
 
 
 def compare(pred: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[float]],
             alphas: Sequence[Sequence[float]], ref: Sequence[float] | None = None) -> dict:
     """How well a previewed grid of task points matches the real one.
 
-    Returns ``{"quality": {task: {"mae", "spearman"}}, "regret", "hypervolume_gap", "ref"}``:
+    Returns ``{"quality": {task: {"mae", "mae_interior", "spearman"}}, "regret",
+    "hypervolume_gap", "ref"}`` (``mae_interior``: over :func:`interior` α only);
     regret scores an α by the mean of its task points and picks among :func:`interior` α;
     the hypervolume reference defaults to the true grid's worst point per task minus 1 (so every
     real α counts); the gap is NaN when the true front has no volume above ``ref``.
@@ -581,7 +587,9 @@ def compare(pred: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[fl
     if set(pred) != set(names):
         raise PreviewError(f"preview tasks {sorted(pred)} differ from ground-truth tasks "
                            f"{sorted(names)}")
-    quality = {t: {"mae": mae(pred[t], truth[t]), "spearman": spearman(pred[t], truth[t])}
+    inner = interior(alphas)
+    quality = {t: {"mae": mae(pred[t], truth[t]), "spearman": spearman(pred[t], truth[t]),
+                   "mae_interior": mae([pred[t][i] for i in inner], [truth[t][i] for i in inner])}
                for t in names}
     mean_of = lambda pts: [sum(pts[t][i] for t in names) / len(names)  # noqa: E731
                            for i in range(len(alphas))]
@@ -593,5 +601,5 @@ def compare(pred: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[fl
         gap = hypervolume_gap(pred_pts, true_pts, ref)
     except PreviewError:
         gap = float("nan")
-    return {"quality": quality, "regret": regret(mean_of(pred), mean_of(truth), interior(alphas)),
+    return {"quality": quality, "regret": regret(mean_of(pred), mean_of(truth), inner),
             "hypervolume_gap": gap, "ref": list(ref)}

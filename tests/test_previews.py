@@ -412,7 +412,8 @@ def test_interior_drops_the_corners_and_needs_one_point():
 
 @pytest.mark.parametrize("curve, expected", [
     ([1.0, 1.2, 0.9], "flat"), ([0.0, 2.0, 5.0], "monotone"), ([5.0, 5.0, 0.0], "monotone"),
-    ([0.0, 5.0, 1.0], "peaked")])
+    ([0.0, 5.0, 1.0], "peaked"), ([12.0, 101.0, 105.0, 102.0, 104.0], "monotone"),  # plateau noise
+    ([0.0, 4.0, 8.0, 10.0, 8.0, 4.0], "peaked")])
 def test_shape(curve, expected):
     assert P.shape(curve) == expected
 
@@ -429,5 +430,6 @@ def test_compare_of_the_truth_with_itself_is_perfect_and_a_shifted_peak_has_regr
     out = P.compare(pred, truth, alphas)
     assert out["regret"] == pytest.approx(90.0 - 74.0)
     assert out["quality"]["a"]["mae"] == pytest.approx((45 + 40 + 45) / 5)
+    assert out["quality"]["a"]["mae_interior"] == pytest.approx((45 + 40 + 45) / 3)
     with pytest.raises(PreviewError, match="differ"):
         P.compare({"a": pred["a"]}, truth, alphas)
