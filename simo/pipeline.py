@@ -37,6 +37,12 @@ _REALIGN_KEYS = {"head": ("n_samples", "head_steps", "head_lr", "batch_size"),
                           "adapter_lr", "adapter_where")}
 
 
+def _realign_cfg(profile: Profile, keys: tuple[str, ...]) -> dict | None:
+    """The realignment settings a cached result depends on (None when it depends on none)."""
+    r = dataclasses.asdict(profile.realign)
+    return {k: r[k] for k in keys} or None
+
+
 def _code(profile: Profile, modules: tuple[str, ...] = _TRAIN_CODE) -> tuple[str, ...]:
     """``modules`` plus the code that makes the profile's data (scene renderer or real loaders)."""
     return modules + (("data.scenes",) if profile.data.dataset == "scenes" else
@@ -359,11 +365,10 @@ class MergeSetup:
               realign_keys: tuple[str, ...] = ()) -> dict:
         params = ({} if method == "single_task" else
                   {k: v for k, v in self.params(method, lam).items() if k != "fishers"})
-        r = dataclasses.asdict(self.profile.realign)
         cfg = {"kind": kind, "method": method, "params": params, "split": split,
                "sources": self.sources, "seed": self.seed,
                "n_select": self.profile.merging.n_select,
-               "realign": {k: r[k] for k in realign_keys} or None,
+               "realign": _realign_cfg(self.profile, realign_keys),
                "fisher_batches": self.profile.merging.fisher_batches if method == "fisher" else None}
         # representation realignment's loop is assembled here and in the adapters module
         code = _EVAL_CODE + (("models.adapters", "pipeline") if kind == "realigned-repr" else ())
@@ -412,9 +417,8 @@ class MergeSetup:
     def pretrained_heads(self) -> dict[str, dict[str, torch.Tensor]]:
         """Every task's head realigned on the frozen *pretrained* encoder θ0 (the profile's head
         realignment budget, starting from the task's own head). Cached as an artifact."""
-        r = dataclasses.asdict(self.profile.realign)
         cfg = {"sources": self.sources, "seed": self.seed,
-               "realign": {k: r[k] for k in _REALIGN_KEYS["head"]}}
+               "realign": _realign_cfg(self.profile, _REALIGN_KEYS["head"])}
 
         def compute(out: Path, _partial: Path) -> None:
             heads, cost = realign_heads(self.profile, self.tasks,
@@ -468,6 +472,13 @@ def merge_setup(profile: Profile, seed: int = 0, with_fisher: bool = False) -> M
 
 
 # ------------------------------------------------------------------ previews (notebook 05) ---------
+
+def _previews_realign(profile: Profile) -> Profile:
+    """``profile`` with its head realignment set to the previews' (``previews.realign_*``)."""
+    pv = profile.previews
+    return dataclasses.replace(profile, realign=dataclasses.replace(
+        profile.realign, n_samples=pv.realign_samples, head_steps=pv.realign_steps))
+
 
 def previews_profile(profile: Profile) -> Profile:
     """The profile every previews run uses: the weighted tasks, and ``previews.steps`` full steps
@@ -590,12 +601,10 @@ def previewer(profile: Profile, kind: str, seed: int = 0) -> Previewer:
 
     pp, pv = previews_profile(profile), profile.previews
     tasks = tasks_of(pp)
-    rp = dataclasses.replace(pp, realign=dataclasses.replace(
-        pp.realign, n_samples=pv.realign_samples, head_steps=pv.realign_steps))
     posts = [posterior(pp, t.name, kind, seed) for t in tasks]
     o, s = _posterior_runs(kind, seed, pp)[0]
     heads = {t.name: heads_of(finetuned(pp, t.name, seed=s, optimizer=o))[t.name] for t in tasks}
-    return Previewer(rp, tasks, posts, heads, pretrained(pp).tensors(),
+    return Previewer(_previews_realign(pp), tasks, posts, heads, pretrained(pp).tensors(),
                      prior_precision(posts, pv.prior_rel),
                      subset(make_dataset(pp, "train"), pv.realign_samples, seed), seed)
 
@@ -615,10 +624,9 @@ def preview_grid(profile: Profile, kind: str, seed: int = 0, split: str = "test"
     sources = {t.name: [finetuned(pp, t.name, seed=s, optimizer=o).key
                         for o, s in _posterior_runs(kind, seed, pp)] for t in tasks}
     cfg = {"kind": kind, "seed": seed, "split": split, "alphas": alphas, "sources": sources,
-           "prior_rel": pv.prior_rel, "em_iters": pv.em_iters, "sg": [pv.sg_estimator,
-                                                                      pv.sg_batches],
-           "realign": [pv.realign_samples, pv.realign_steps, pp.realign.head_lr,
-                       pp.realign.batch_size]}
+           "prior_rel": pv.prior_rel, "em_iters": pv.em_iters,
+           "sg": [pv.sg_estimator, pv.sg_batches],
+           "realign": _realign_cfg(_previews_realign(pp), _REALIGN_KEYS["head"])}
 
     def run() -> dict:
         at = previewer(profile, kind, seed)
