@@ -64,6 +64,26 @@ def test_results_contract_of_03(nb_cache, tmp_path):
     assert res["steps"]["task_arithmetic+repr"] > 0 and res["steps"]["task_arithmetic+head"] > 0
 
 
+def test_results_contract_of_05(nb_cache, tmp_path):
+    """05's results.json: MAE/Spearman per method and task, regret, hypervolume gap, cost ratio,
+    with both readings (realigned and original heads), for the four methods (issue contract)."""
+    res_path = paths.figures_dir("smoke", "05_previews") / "results.json"
+    if not res_path.exists():
+        rec = runner.run_notebook("05_previews", "smoke", out_dir=tmp_path)
+        assert rec.status == "ok", rec.error
+    res = json.loads(res_path.read_text())
+    methods = {"isotropic", "adamw_sg", "ivon_hess", "multi_ivon_hess"}
+    for table in ("quality", "quality_original_heads"):
+        assert set(res[table]) == methods
+        for per_task in res[table].values():
+            assert set(per_task) == set(res["tasks"])
+            assert all(q["mae"] >= 0 and "spearman" in q for q in per_task.values())
+    for table in ("regret", "regret_original_heads", "hypervolume_gap", "cost_ratio"):
+        assert set(res[table]) == methods
+    assert all(r >= 0 for r in res["regret"].values())
+    assert all(0 < c for c in res["cost_ratio"].values())
+
+
 def test_unknown_parameter_is_one_line_error(tmp_path):
     from simo.errors import ConfigError
 
