@@ -302,10 +302,13 @@ def _check_values(p: Profile) -> None:
     if len(set(pv.tasks)) != len(pv.tasks) or len(pv.tasks) < 2:
         raise ConfigError(f"previews.tasks must list at least two different tasks, got "
                           f"{list(pv.tasks)}")
-    if pv.n_alpha < 2 or not pv.seeds or not pv.gt_seeds:
-        raise ConfigError("previews: n_alpha must be >= 2 and seeds, gt_seeds non-empty, got "
-                          f"n_alpha={pv.n_alpha}, seeds={list(pv.seeds)}, "
-                          f"gt_seeds={list(pv.gt_seeds)}")
+    if pv.n_alpha < len(pv.tasks) + 1:
+        raise ConfigError(f"previews.n_alpha must be >= {len(pv.tasks) + 1} for "
+                          f"{len(pv.tasks)} tasks (the grid needs an α that weighs every task), "
+                          f"got {pv.n_alpha}")
+    if not pv.seeds or not pv.gt_seeds:
+        raise ConfigError(f"previews.seeds and previews.gt_seeds must be non-empty, got "
+                          f"seeds={list(pv.seeds)}, gt_seeds={list(pv.gt_seeds)}")
     if not 1 <= pv.components <= len(pv.seeds):
         raise ConfigError(f"previews.components ({pv.components}) must be between 1 and the "
                           f"number of previews.seeds ({len(pv.seeds)})")

@@ -551,8 +551,9 @@ def interior(alphas: Sequence[Sequence[float]]) -> list[int]:
     a corner a task is not trained at all and 'best' would just mean 'best single task'."""
     out = [i for i, a in enumerate(alphas) if all(x > 0 for x in a)]
     if not out:
-        raise PreviewError("the α grid has no interior point (every α zeroes a task); "
-                           "use previews.n_alpha >= 3")
+        n_tasks = len(alphas[0]) if len(alphas) else 2
+        raise PreviewError("the α grid has no interior point (every α zeroes a task); use "
+                           f"previews.n_alpha >= {n_tasks + 1} for {n_tasks} tasks")
     return out
 
 

@@ -219,7 +219,9 @@ def test_previews_section_is_checked():
     assert "previews task" in _err(overrides={"previews.tasks": ["depth", "colour"]})
     assert "at least two different" in _err(overrides={"previews.tasks": ["depth", "depth"]})
     assert "at least two different" in _err(overrides={"previews.tasks": ["depth"]})
-    assert "n_alpha must be >= 2" in _err(overrides={"previews.n_alpha": 1})
+    assert "n_alpha must be >= 3 for 2 tasks" in _err(overrides={"previews.n_alpha": 2})
+    msg = _err(overrides={"previews.n_alpha": 3, "previews.tasks": ["depth", "normals", "edges"]})
+    assert "n_alpha must be >= 4 for 3 tasks" in msg
     assert "gt_seeds" in _err(overrides={"previews.gt_seeds": []})
     msg = _err(overrides={"previews.components": 3, "previews.seeds": [0, 1]})
     assert "components (3)" in msg and "previews.seeds (2)" in msg
@@ -228,5 +230,6 @@ def test_previews_section_is_checked():
     assert "previews.ivon_ess must be > 0, got 0" in _err(overrides={"previews.ivon_ess": 0})
     assert "previews.prior_rel must be > 0" in _err(overrides={"previews.prior_rel": 0.0})
     assert "ivon_beta2 must be in (0, 1), got 1.0" in _err(overrides={"previews.ivon_beta2": 1.0})
-    ok = load_profile("smoke", {"previews.tasks": ["depth", "normals", "edges"]})
+    ok = load_profile("smoke", {"previews.tasks": ["depth", "normals", "edges"],
+                                "previews.n_alpha": 4})
     assert ok.previews.tasks == ("depth", "normals", "edges")

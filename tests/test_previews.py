@@ -406,8 +406,11 @@ def test_task_points_are_normalized_performance_in_points():
 def test_interior_drops_the_corners_and_needs_one_point():
     grid = P.simplex_grid(2, 5)
     assert [grid[i] for i in P.interior(grid)] == [a for a in grid if 0 < a[0] < 1]
-    with pytest.raises(PreviewError, match="n_alpha"):
+    with pytest.raises(PreviewError, match="n_alpha >= 3 for 2 tasks"):
         P.interior([(1.0, 0.0), (0.0, 1.0)])
+    with pytest.raises(PreviewError, match="n_alpha >= 4 for 3 tasks"):
+        P.interior(P.simplex_grid(3, 3))
+    assert P.interior(P.simplex_grid(3, 4)) == [P.simplex_grid(3, 4).index((1 / 3, 1 / 3, 1 / 3))]
 
 
 @pytest.mark.parametrize("curve, expected", [
