@@ -76,7 +76,16 @@ def provenance() -> dict[str, Any]:
             "device": device, "machine": platform.machine(),
             "versions": {"simo": simo.__version__, "torch": torch.__version__,
                          "timm": timm.__version__, "numpy": numpy.__version__,
-                         "python": platform.python_version()}}
+                         "ivon": _version("ivon-opt"), "python": platform.python_version()}}
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def save_results(notebook: str, results: dict[str, Any]) -> Path:

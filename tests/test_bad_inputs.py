@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from simo import cache, merging, paths, runner
+from simo import cache, merging, paths, previews, runner
 from simo.config import load_profile, resolve
 from simo.data import make_dataset
 from simo.errors import SimoError
@@ -133,6 +133,13 @@ CASES = {
                               "every loss weight is 0"),
     "loss weight for another task": (lambda _p: check_weights(get_tasks(["depth"]), {"edges": 1.0}),
                                      "loss weight for 'edges', which is not a task of this run"),
+    # previews (notebook 05)
+    "α off the simplex": (lambda _p: previews.check_alpha([0.7, 0.7], 2),
+                          "must be task weights on the simplex (>= 0, summing to 1); it sums to 1.4"),
+    "α of the wrong length": (lambda _p: previews.check_alpha([1.0], 2),
+                              "has 1 entries but there are 2 tasks; give one weight per task"),
+    "grid without an interior α": (lambda _p: resolve("smoke", overrides={"previews.n_alpha": 2}),
+                                   "previews.n_alpha must be >= 3 for 2 tasks"),
     # data
     "missing data directory": (lambda p: make_dataset(
         resolve("smoke", dataset="nyuv2", data_root=str(p / "nowhere")), "train"),
