@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -248,12 +248,16 @@ def _dataset_defaults(p: Profile) -> Profile:
     return dataclasses.replace(p, data=d, model=m)
 
 
-def _check_values(p: Profile) -> None:
+def _check_task_names(names: Sequence[str], what: str) -> None:
     from simo.tasks import TASK_NAMES  # local: tasks imports torch
 
-    for t in p.tasks:
+    for t in names:
         if t not in TASK_NAMES:
-            raise ConfigError(one_of(t, TASK_NAMES, "task"))
+            raise ConfigError(one_of(t, TASK_NAMES, what))
+
+
+def _check_values(p: Profile) -> None:
+    _check_task_names(p.tasks, "task")
     if len(set(p.tasks)) != len(p.tasks) or not p.tasks:
         raise ConfigError(f"tasks must be a non-empty list without repeats, got {list(p.tasks)}")
     if not p.seeds:
@@ -296,9 +300,7 @@ def _check_values(p: Profile) -> None:
         raise ConfigError("relations: lam_step and lam_max must be > 0 and pair_seeds non-empty, "
                           f"got {p.relations}")
     pv = p.previews
-    for t in pv.tasks:
-        if t not in TASK_NAMES:
-            raise ConfigError(one_of(t, TASK_NAMES, "previews task"))
+    _check_task_names(pv.tasks, "previews task")
     if len(set(pv.tasks)) != len(pv.tasks) or len(pv.tasks) < 2:
         raise ConfigError(f"previews.tasks must list at least two different tasks, got "
                           f"{list(pv.tasks)}")

@@ -178,11 +178,11 @@ def finetuned(profile: Profile, task: str | Sequence[str], seed: int = 0,
 
 
 def ivon_settings(profile: Profile) -> dict[str, float]:
-    """The profile's IVON settings, as :func:`simo.train.ivon_optimizer` takes them."""
-    pv = profile.previews
-    return {"lr": pv.ivon_lr, "head_lr": pv.ivon_head_lr, "ess": pv.ivon_ess,
-            "hess_init": pv.ivon_hess_init, "beta2": pv.ivon_beta2,
-            "weight_decay": pv.ivon_weight_decay}
+    """The profile's IVON settings (``previews.ivon_<key>``), as :func:`simo.train.ivon_optimizer`
+    takes them."""
+    from simo.train import IVON_KEYS
+
+    return {k: getattr(profile.previews, f"ivon_{k}") for k in IVON_KEYS}
 
 
 def heads_of(art: cache.Artifact) -> dict[str, dict[str, torch.Tensor]]:
