@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup figures figures-smoke test bench clean
+.PHONY: setup figures regimes figures-smoke test bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ setup: $(STAMP)            ## create .venv and install (skips what is already in
 
 figures: $(STAMP)          ## regenerate every figure on the embedded default (tiny profile)
 	$(BIN)/python -m simo figures --profile tiny
+
+regimes: $(STAMP)          ## the regime study (notebook 06): about 50 min cold on 2 cores, apart from figures
+	$(BIN)/python -m simo figures --profile regime --only 06
 
 figures-smoke: $(STAMP)    ## run every notebook at CI scale (figures go to build/)
 	$(BIN)/python -m simo figures --profile smoke

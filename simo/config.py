@@ -130,6 +130,25 @@ class PreviewsConfig:
 
 
 @dataclass(frozen=True)
+class KnobConfig:
+    """One knob of the regime study: a dotted profile setting and the values it takes."""
+
+    name: str  # what the figure calls it, e.g. "pretraining"
+    key: str  # the setting it moves, e.g. "pretrain.steps"
+    values: tuple[Any, ...] = ()  # each a valid value of that setting (a list for tasks)
+    note: str = ""  # one line on what the knob stands for
+
+
+@dataclass(frozen=True)
+class RegimeConfig:
+    """The regime study (notebook 06): one knob at a time around the profile's own settings."""
+
+    seeds: tuple[int, ...] = (0, 1)
+    knobs: tuple[KnobConfig, ...] = ()
+    methods: tuple[str, ...] = ("task_arithmetic", "ties")  # merged, then head- and repr-realigned
+
+
+@dataclass(frozen=True)
 class JobsConfig:
     """How independent jobs (seeds, tasks, λ values) run: see :mod:`simo.jobs`."""
 
@@ -157,6 +176,7 @@ class Profile:
     realign: RealignConfig = field(default_factory=RealignConfig)
     relations: RelationsConfig = field(default_factory=RelationsConfig)
     previews: PreviewsConfig = field(default_factory=PreviewsConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +193,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against a field type; ints are accepted as floats, lists as tuples."""
+    if tp is Any:  # a knob's values: checked when the knob sets them (lists become tuples)
+        return _freeze(value)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -199,6 +221,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
     return value
+
+
+def _freeze(value: Any) -> Any:
+    """Lists to tuples, recursively: a profile stays hashable whatever a knob holds."""
+    return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
@@ -235,6 +262,25 @@ def load_profile(name: str, overrides: Mapping[str, Any] | None = None) -> Profi
     profile = _dataset_defaults(_build(Profile, raw, ""))
     _check_values(profile)
     return profile
+
+
+def with_settings(profile: Profile, settings: Mapping[str, Any]) -> Profile:
+    """``profile`` with dotted ``settings`` changed, validated like a loaded profile (a regime
+    knob's value, or any override, applied to an already-resolved profile)."""
+    raw = dataclasses.asdict(profile)
+    for dotted, value in settings.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"cannot set {dotted!r}: {p!r} is not a section of the profile")
+            node = node[p]
+        if leaf not in node:
+            raise ConfigError(one_of(leaf, list(node), f"key in {dotted!r}"))
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    out = _dataset_defaults(_build(Profile, raw, ""))
+    _check_values(out)
+    return out
 
 
 def _dataset_defaults(p: Profile) -> Profile:
@@ -321,6 +367,21 @@ def _check_values(p: Profile) -> None:
             raise ConfigError(f"previews.{k} must be > 0, got {getattr(pv, k)}")
     if not 0 < pv.ivon_beta2 < 1:
         raise ConfigError(f"previews.ivon_beta2 must be in (0, 1), got {pv.ivon_beta2}")
+    rg = p.regime
+    if not rg.seeds:
+        raise ConfigError("regime.seeds must list at least one seed, e.g. [0, 1]")
+    names = [k.name for k in rg.knobs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"regime.knobs must have different names, got {names}")
+    for k in rg.knobs:
+        if not k.values:
+            raise ConfigError(f"regime knob {k.name!r} lists no values")
+        try:  # the key must name a setting; each value is checked when the study applies it
+            section, *rest = k.key.split(".")
+            getattr(getattr(p, section), rest[0]) if rest else getattr(p, section)
+        except (AttributeError, IndexError):
+            raise ConfigError(f"regime knob {k.name!r}: {k.key!r} is not a profile setting "
+                              f"(e.g. pretrain.steps, model.embed_dim, tasks)") from None
     for sec in ("pretrain", "finetune", "realign", "relations", "previews", "jobs"):
         for f in dataclasses.fields(getattr(p, sec)):
             v = getattr(getattr(p, sec), f.name)

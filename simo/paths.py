@@ -19,14 +19,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("SIMO_CACHE", ROOT / ".cache"))
 
 
+# profiles whose figures are the study's own (the README gallery): tiny, and regime, which only
+# notebook 06 runs (`make regimes`)
+TOP_LEVEL = ("tiny", "regime")
+
+
 def figures_dir(profile: str, notebook: str) -> Path:
     """Where a notebook's figures go: committed for tiny and gpu, scratch space for smoke.
 
-    tiny is the embedded default, so its figures sit at ``figures/<notebook>/`` (the README gallery);
+    tiny is the embedded default, so its figures sit at ``figures/<notebook>/`` (the README gallery),
+    and so do regime's (notebook 06 only);
     any other profile writes under ``figures/<profile>/<notebook>/``, except smoke, which is a CI
     check and writes to ``build/`` so it never overwrites committed figures.
     """
-    if profile == "tiny":
+    if profile in TOP_LEVEL:
         return FIGURES / notebook
     if profile == "smoke":
         return BUILD / "figures-smoke" / notebook

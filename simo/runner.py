@@ -31,6 +31,7 @@ NOTEBOOKS: dict[str, str] = {
     "03_realignment": "head and representation realignment vs joint MTL, with costs and seeds",
     "04_task_relationships": "task relationships read from task vectors, checked by joint training",
     "05_previews": "previews of weighted multi-task finetuning by Bayesian merging vs real runs",
+    "06_regimes": "when realignment rivals joint MTL: one knob at a time (profile regime)",
 }
 # what must have run before (it trains what the notebook reuses); the others are independent
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -40,7 +41,11 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "03_realignment": ("01_pretrain_and_finetune",),
     "04_task_relationships": ("01_pretrain_and_finetune",),
     "05_previews": ("01_pretrain_and_finetune",),  # the pretrained encoder
+    "06_regimes": (),  # trains its own runs at every knob value
 }
+# notebooks that a whole-study run includes only where the profile gives them something to do
+# (the regime study runs where ``regime.knobs`` is set: smoke, and ``make regimes``)
+NEEDS: dict[str, tuple[str, str]] = {"06_regimes": ("regime", "knobs")}
 
 
 @dataclass
@@ -142,7 +147,7 @@ def run_all(profile: str, only: Sequence[str] | None = None,
         raise ConfigError(one_of(profile, available_profiles(), "profile"))
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    chosen = select(only)
+    chosen = [nb for nb in select(only) if only or _applies(nb, profile)]
     params = dict(params or {})
     if jobs is not None:
         params["overrides"] = {**(params.get("overrides") or {}), "jobs.workers": jobs}
@@ -162,6 +167,20 @@ def run_all(profile: str, only: Sequence[str] | None = None,
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _applies(notebook: str, profile: str) -> bool:
+    """Whether ``profile`` sets what ``notebook`` needs (see ``NEEDS``); run by name regardless."""
+    from simo.config import load_profile
+
+    if notebook not in NEEDS:
+        return True
+    section, key = NEEDS[notebook]
+    if getattr(getattr(load_profile(profile), section), key):
+        return True
+    print(f"[simo] skipping {notebook}: profile {profile!r} sets no {section}.{key} "
+          f"(run it with --profile regime --only {notebook[:2]}, i.e. `make regimes`)", flush=True)
+    return False
 
 
 def _run_in_order(profile: str, chosen: list[str], params: Mapping[str, Any],

@@ -158,3 +158,26 @@ def test_notebook_02_runs_on_the_nyuv2_fixture(nb_env):
     assert set(res["lambda"]["original_heads"]) == {"task_arithmetic", "weight_average"}
     assert (nb_env / "cache" / "weights").is_dir()  # the encoder came from the weights file
     assert not (nb_env / "cache" / "pretrained").exists()
+
+
+def test_results_contract_of_06(nb_cache, tmp_path):
+    """06's results.json: per knob a list of points with value, gap, its CI and Δ_MTL per method;
+    the best regime (issue contract)."""
+    res_path = paths.figures_dir("smoke", "06_regimes") / "results.json"
+    if not res_path.exists():
+        rec = runner.run_notebook("06_regimes", "smoke", out_dir=tmp_path)
+        assert rec.status == "ok", rec.error
+    res = json.loads(res_path.read_text())
+    knobs = load_profile("smoke").regime.knobs
+    assert list(res["sweeps"]) == [k.name for k in knobs]
+    for k in knobs:
+        points = res["sweeps"][k.name]
+        assert [p["value"] for p in points] == [list(v) if isinstance(v, tuple) else v
+                                                for v in k.values]
+        for p in points:
+            lo, hi = p["gap_ci95"]
+            assert lo <= p["gap"] <= hi and len(p["gap_seeds"]) == len(res["seeds"]) >= 2
+            assert {"joint_mtl", "task_arithmetic+repr", "ties+head"} <= set(p["delta_mtl"])
+            best = max((m for m in p["delta_mtl"] if "+" in m), key=p["delta_mtl"].get)
+            assert p["gap"] == pytest.approx(p["delta_mtl"]["joint_mtl"] - p["delta_mtl"][best])
+    assert {"knob", "value", "gap", "holds"} <= set(res["best_regime"])
