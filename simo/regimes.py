@@ -110,15 +110,29 @@ def original_lambda(setup: MergeSetup, method: str) -> float:
         lambda lam: _score(setup, setup.evaluate(method, lam, "val")), grid)[0]
 
 
-def realigned_lambda(setup: MergeSetup, method: str) -> tuple[float, dict[float, float]]:
+def realigned_lambda(setup: MergeSetup, method: str,
+                     parallel: bool = True) -> tuple[float, dict[float, float]]:
     """λ chosen for the head-realigned model: coarse-to-fine over the grid, one head
-    realignment per value tried (its neighbours computed side by side)."""
+    realignment per value tried (with ``parallel``, each round's values side by side)."""
     p = setup.profile
+
+    def side_by_side(values: list[float]) -> None:
+        jobs.prefetch(p, [jobs.job(setup.realign, method, v) for v in values],
+                      desc=f"{method}: λ values")
+
     return analysis.select_on_validation(
         lambda lam: _score(setup, setup.realigned(method, lam, "val")), p.merging.lam_grid,
-        p.realign.select_stride,
-        prefetch=lambda values: jobs.prefetch(p, [jobs.job(setup.realign, method, v)
-                                                  for v in values], desc=f"{method}: λ values"))
+        p.realign.select_stride, prefetch=side_by_side if parallel else None)
+
+
+def _second_round(setup: MergeSetup, method: str) -> list[float]:
+    """The values :func:`realigned_lambda` scores after its first round (read from the cache)."""
+    p = setup.profile
+    grid = [float(v) for v in p.merging.lam_grid]
+    first = analysis.first_round(grid, p.realign.select_stride)
+    score = {v: _score(setup, setup.realigned(method, v, "val")) for v in first}
+    b = grid.index(max(first, key=lambda v: (score[v], -v)))  # ties: the smaller λ, as there
+    return [grid[i] for i in (b - 1, b + 1) if 0 <= i < len(grid) and grid[i] not in score]
 
 
 def prefetch(pts: Sequence[Point], seeds: Sequence[int], progress_desc: str = "regime") -> None:
@@ -142,7 +156,13 @@ def prefetch(pts: Sequence[Point], seeds: Sequence[int], progress_desc: str = "r
     evals = [jobs.job(setups[p, s].evaluate, m, lam, "val") for p in distinct for s in seeds
              for m in methods for lam in p.merging.lam_grid]
     jobs.prefetch(prof, first + evals, desc=f"{progress_desc}: λ grids")
-    lams = {(p, m): realigned_lambda(setups[p, seeds[0]], m)[0] for p in distinct for m in methods}
+    # the second round of every search at once (the best first-round value's neighbours); the
+    # searches then finish from the cache, computing a rare third round on their own
+    jobs.prefetch(prof, [jobs.job(setups[p, seeds[0]].realign, m, lam) for p in distinct
+                         for m in methods for lam in _second_round(setups[p, seeds[0]], m)],
+                  desc=f"{progress_desc}: λ refinements")
+    lams = {(p, m): realigned_lambda(setups[p, seeds[0]], m, parallel=False)[0]
+            for p in distinct for m in methods}
     jobs.prefetch(prof, [jobs.job(setups[p, s].realign, m, lams[p, m], kind)
                          for p in distinct for s in seeds for m in methods for kind in KINDS]
                   + [jobs.job(setups[p, s].realign, "task_arithmetic", 0.0, "head")
@@ -166,7 +186,7 @@ def measure(point: Point, seeds: Sequence[int], n_images: int = 128) -> dict:
     methods = list(p.regime.methods)
     tasks = tasks_of(p)
     setups = {s: merge_setup(p, s) for s in seeds}
-    lam_r = {m: realigned_lambda(setups[seeds[0]], m)[0] for m in methods}
+    lam_r = {m: realigned_lambda(setups[seeds[0]], m, parallel=False)[0] for m in methods}
     out: dict[str, Any] = {"delta_mtl": {}, "cost": {}, "measures": {}, "lambda": {}}
 
     def add(group: str, key: str, value: Any) -> None:
@@ -283,14 +303,32 @@ def summarize(pts: Sequence[Point], records: Sequence[dict]) -> dict[str, list[d
 def correlations(sweeps: dict[str, list[dict]]) -> dict[str, float]:
     """Pearson correlation across all points (distinct settings) between the gap and each
     measure: which measure tracks when realignment falls behind joint MTL."""
-    rows = list({(e["measures"]["tv_norm"], e["gap"]): e for v in sweeps.values() for e in v}
-                .values())  # the profile's own setting appears under every knob: count it once
+    rows = _distinct_entries(sweeps)
     out = {}
     for name in rows[0]["measures"]:
         xs = [e["measures"][name] for e in rows]
         ys = [e["gap"] for e in rows]
         out[name] = _pearson(xs, ys)
     return out
+
+
+def gap_sources(sweeps: dict[str, list[dict]]) -> dict[str, dict]:
+    """Does the gap move with joint MTL or with the best realigned merge? Their Pearson r with
+    the gap and their ranges, across the distinct settings."""
+    rows = _distinct_entries(sweeps)
+    gaps = [e["gap"] for e in rows]
+    out = {}
+    for name, get in (("joint_mtl", lambda e: e["delta_mtl"]["joint_mtl"]),
+                      ("best_realigned", lambda e: e["delta_mtl"][e["best_method"]])):
+        xs = [get(e) for e in rows]
+        out[name] = {"r": _pearson(xs, gaps), "range": [min(xs), max(xs)]}
+    return out
+
+
+def _distinct_entries(sweeps: dict[str, list[dict]]) -> list[dict]:
+    """One entry per distinct setting: the profile's own appears under every knob."""
+    return list({(e["measures"]["tv_norm"], e["gap"]): e for v in sweeps.values() for e in v}
+                .values())
 
 
 def _pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
