@@ -137,3 +137,19 @@ def test_measure_on_a_small_study(prof, tmp_path, monkeypatch):
     mtl = finetuned(pts[0].profile, list(pts[0].profile.tasks), seed=0)
     assert rec["cost"]["joint_mtl"]["steps"] == mtl.meta["steps"]
     assert regimes.training_seconds(pts, [0]) > 0
+
+
+@pytest.mark.parametrize("curve", [{0.0: 1, 0.2: 5, 0.4: 3}, {0.8: 9, 1.0: 9}, {1.0: 9}, {0.0: 9}])
+def test_second_round_is_what_the_search_scores_next(prof, monkeypatch, curve):
+    """The batch prefetched after the first round holds exactly the search's second round."""
+    from simo import analysis
+
+    score = lambda lam: curve.get(round(lam, 3), 0.0) - 0.01 * lam  # noqa: E731
+    monkeypatch.setattr(regimes, "_score", lambda setup, metrics: score(metrics))
+    setup = type("S", (), {"profile": load_profile("smoke", {"merging.lam_grid": [
+        0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "realign.select_stride": 2}),
+        "realigned": lambda self, m, lam, split: lam})()
+    grid, stride = setup.profile.merging.lam_grid, setup.profile.realign.select_stride
+    rounds = []
+    analysis.select_on_validation(score, grid, stride, prefetch=rounds.append)
+    assert regimes._second_round(setup, "task_arithmetic") == (rounds[1] if len(rounds) > 1 else [])
