@@ -17,7 +17,7 @@ setup: $(STAMP)            ## create .venv and install (skips what is already in
 figures: $(STAMP)          ## regenerate every figure on the embedded default (tiny profile)
 	$(BIN)/python -m simo figures --profile tiny
 
-regimes: $(STAMP)          ## the regime study (notebook 06): about 50 min cold on 2 cores, apart from figures
+regimes: $(STAMP)          ## the regime study (notebook 06, profile regime): about an hour cold on 2 cores
 	$(BIN)/python -m simo figures --profile regime --only 06
 
 figures-smoke: $(STAMP)    ## run every notebook at CI scale (figures go to build/)
