@@ -257,30 +257,22 @@ def load_profile(name: str, overrides: Mapping[str, Any] | None = None) -> Profi
     if not isinstance(raw, dict):
         raise ConfigError(f"profiles/{name}.yaml must be a mapping of settings")
     raw.setdefault("name", name)
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    profile = _dataset_defaults(_build(Profile, raw, ""))
-    _check_values(profile)
-    return profile
+    return _with_overrides(raw, overrides or {})
 
 
 def with_settings(profile: Profile, settings: Mapping[str, Any]) -> Profile:
     """``profile`` with dotted ``settings`` changed, validated like a loaded profile (a regime
     knob's value, or any override, applied to an already-resolved profile)."""
-    raw = dataclasses.asdict(profile)
-    for dotted, value in settings.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise ConfigError(f"cannot set {dotted!r}: {p!r} is not a section of the profile")
-            node = node[p]
-        if leaf not in node:
-            raise ConfigError(one_of(leaf, list(node), f"key in {dotted!r}"))
-        node[leaf] = list(value) if isinstance(value, tuple) else value
-    out = _dataset_defaults(_build(Profile, raw, ""))
-    _check_values(out)
-    return out
+    return _with_overrides(dataclasses.asdict(profile), settings)
+
+
+def _with_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> Profile:
+    """The validated profile of ``raw`` settings with dotted ``overrides`` applied."""
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    profile = _dataset_defaults(_build(Profile, raw, ""))
+    _check_values(profile)
+    return profile
 
 
 def _dataset_defaults(p: Profile) -> Profile:

@@ -241,15 +241,16 @@ def explain(setup: MergeSetup, lam: float, n_images: int = 128) -> dict[str, flo
     cos, _ = analysis.task_vector_cosines(tvs, setup.names)
     pairs = [cos[a][b] for i, a in enumerate(setup.names) for b in setup.names[i + 1:]]
     images = setup.data("val")["image"][:n_images]
-    merged = setup.encoders("task_arithmetic", lam)[setup.names[0]]
 
-    def vit(sd):
-        return model_from(setup.profile, setup.tasks[:1], sd).encoder.vit
+    def last_block(sd: dict) -> torch.Tensor:
+        vit = model_from(setup.profile, setup.tasks[:1], sd).encoder.vit
+        return analysis.block_tokens(vit, images)[-1]
 
-    sims = [analysis.block_similarity(vit(merged), vit(ft), images) for ft in setup.finetuned]
+    merged = last_block(setup.encoders("task_arithmetic", lam)[setup.names[0]])
+    singles = [last_block(ft) for ft in setup.finetuned]
     return {"tv_norm": _mean(rel), "tv_cosine": _mean(pairs) if pairs else 1.0,
-            "cka_last": _mean([s["cka"][-1] for s in sims]),
-            "cosine_last": _mean([s["cosine"][-1] for s in sims])}
+            "cka_last": _mean([analysis.linear_cka(merged, f) for f in singles]),
+            "cosine_last": _mean([analysis.mean_cosine(merged, f) for f in singles])}
 
 
 def claim_holds(delta: dict[str, float], cost: dict[str, dict], method: str) -> dict:
@@ -271,26 +272,23 @@ def training_seconds(pts: Sequence[Point], seeds: Sequence[int]) -> float:
             + sum(run().meta["seconds"] for run in runs))
 
 
-def spread(values: Sequence[float]) -> dict:
-    """Mean, 95 % CI and per-seed values (:func:`simo.analysis.mean_ci`)."""
-    return analysis.mean_ci(values)
-
-
 def summarize(pts: Sequence[Point], records: Sequence[dict]) -> dict[str, list[dict]]:
     """The results contract: ``{knob: [{"value", "gap", "gap_ci95", "delta_mtl": {method: mean},
-    "measures": {name: mean}, "claim": {...}, ...}]}``, one entry per value in the knob's order.
+    "measures": {name: mean}, "claim": {...}, ...}]}``, one entry per value in the knob's order;
+    ``setting`` numbers the distinct profiles (the profile's own appears under every knob).
 
     ``claim`` checks the paper's claim (:func:`claim_holds`) for the realigned method with the
     best mean Δ_MTL at that point.
     """
     out: dict[str, list[dict]] = {}
+    settings = _distinct(pts)
     for pt, rec in zip(pts, records):
-        gap = spread(rec["gap"])
+        gap = analysis.mean_ci(rec["gap"])
         delta = {k: _mean(v) for k, v in rec["delta_mtl"].items()}
         best = rec["best"]
         out.setdefault(pt.knob, []).append({
             "value": list(pt.value) if isinstance(pt.value, tuple) else pt.value,
-            "label": pt.label, "gap": gap["mean"], "gap_ci95": gap["ci95"], "gap_seeds": gap["seeds"],
+            "label": pt.label, "setting": settings.index(pt.profile), "gap": gap["mean"], "gap_ci95": gap["ci95"], "gap_seeds": gap["seeds"],
             "delta_mtl": delta, "delta_mtl_seeds": rec["delta_mtl"],
             "measures": {k: _mean(v) for k, v in rec["measures"].items()},
             "best_method": best, "claim": claim_holds(delta, rec["cost"], best),
@@ -327,17 +325,14 @@ def gap_sources(sweeps: dict[str, list[dict]]) -> dict[str, dict]:
 
 def _distinct_entries(sweeps: dict[str, list[dict]]) -> list[dict]:
     """One entry per distinct setting: the profile's own appears under every knob."""
-    return list({(e["measures"]["tv_norm"], e["gap"]): e for v in sweeps.values() for e in v}
-                .values())
+    return list({e["setting"]: e for v in sweeps.values() for e in v}.values())
 
 
 def _pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
-    n = len(xs)
-    mx, my = _mean(xs), _mean(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
-    return float(sxy / (sxx * syy) ** 0.5) if n > 1 and sxx > 0 and syy > 0 else float("nan")
+    """Pearson's r (NaN when either side is constant), as pandas computes it."""
+    import pandas as pd
+
+    return float(pd.Series(xs, dtype=float).corr(pd.Series(ys, dtype=float)))
 
 
 def best_regime(sweeps: dict[str, list[dict]]) -> dict:

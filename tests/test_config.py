@@ -276,7 +276,7 @@ def test_with_settings_validates_and_leaves_the_rest():
     assert p.model == base.model and p.realign == base.realign and p.name == "smoke"
     with pytest.raises(ConfigError, match="unknown task 'dpth'"):
         with_settings(base, {"tasks": ["dpth"]})
-    with pytest.raises(ConfigError, match="unknown key in 'model.widht'"):
+    with pytest.raises(ConfigError, match="unknown key in model 'widht'; choose one of: arch"):
         with_settings(base, {"model.widht": 3})
     with pytest.raises(ConfigError, match="must be divisible"):
         with_settings(base, {"model.embed_dim": 33})
