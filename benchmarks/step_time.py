@@ -1,0 +1,73 @@
+"""Training-step cost of candidate tiny-profile models, as ratios against a baseline in this process.
+
+Why: a cold `make figures` on 2 cores is almost all training steps, so the profile's image size and
+ViT shape set its wall time. This times one AdamW step (forward + backward, every task's head,
+batch 32, one thread as each job worker uses) for a few (image size, width, depth) settings and
+prints each one's ratio to the first, the 48 px / width 96 / depth 6 recipe of DESIGN.md.
+
+    python benchmarks/step_time.py
+    python benchmarks/step_time.py --steps 50 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from simo import pipeline  # noqa: E402
+from simo.config import load_profile, with_settings  # noqa: E402
+from simo.models.model import build_model  # noqa: E402
+
+SHAPES = [  # (image size, width, depth, attention heads); the first is the baseline
+    (48, 96, 6, 3),
+    (32, 96, 6, 3),
+    (32, 64, 6, 2),
+    (32, 64, 4, 2),
+]
+
+
+def step_seconds(size: int, width: int, depth: int, heads: int, steps: int, batch: int) -> float:
+    """Mean seconds of one training step of the tiny profile's tasks at this shape."""
+    profile = with_settings(load_profile("tiny"), {
+        "data.image_size": size, "model.embed_dim": width, "model.depth": depth,
+        "model.num_heads": heads, "model.feature_blocks": [1, depth - 1]})
+    model = build_model(profile, pipeline.tasks_of(profile))
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
+        loss = sum(o.float().pow(2).mean() for o in model(x).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # warm-up: allocator and oneDNN kernel selection
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = None
+    print(f"{'image':>5} {'width':>5} {'depth':>5} {'ms/step':>8} {'vs first':>9}")
+    for shape in SHAPES:
+        s = step_seconds(*shape, steps=args.steps, batch=args.batch)
+        base = base or s
+        print(f"{shape[0]:>5} {shape[1]:>5} {shape[2]:>5} {s * 1e3:>8.1f} {base / s:>8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
