@@ -28,6 +28,7 @@ test: $(STAMP)             ## unit tests + every notebook executed on the smoke 
 
 bench: $(STAMP)            ## speed/memory benchmarks (ratios against a baseline in the same run)
 	$(BIN)/python benchmarks/merge_speed.py
+	$(BIN)/python benchmarks/step_time.py
 
 clean:                     ## remove caches and executed notebooks (keeps .venv and figures/)
 	rm -rf .cache build
