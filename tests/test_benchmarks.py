@@ -17,9 +17,11 @@ def _load(name: str):
     return mod
 
 
-@pytest.mark.parametrize("shape", _load("step_time").SHAPES)
+step_time = _load("step_time")
+
+
+@pytest.mark.parametrize("shape", step_time.SHAPES)
 def test_step_time_runs_each_shape(shape):
-    step_time = _load("step_time")
     size, width, depth, heads = shape
     assert width % heads == 0 and size % 8 == 0  # a valid ViT at the profile's patch size
     assert step_time.step_seconds(size, width, depth, heads, steps=1, batch=2) > 0
