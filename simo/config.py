@@ -106,6 +106,17 @@ class RelationsConfig:
 
 
 @dataclass(frozen=True)
+class KnobConfig:
+    """One knob of a sweep (the regime study, the previews' sensitivity): a dotted profile setting
+    and the values it takes."""
+
+    name: str  # what the figure calls it, e.g. "pretraining"
+    key: str  # the setting it moves, e.g. "pretrain.steps"
+    values: tuple[Any, ...] = ()  # each a valid value of that setting (a list for tasks)
+    note: str = ""  # one line on what the knob stands for
+
+
+@dataclass(frozen=True)
 class PreviewsConfig:
     """Previews of weighted multi-task finetuning by Bayesian merging (notebook 05)."""
 
@@ -127,16 +138,9 @@ class PreviewsConfig:
     ivon_hess_init: float = 0.1
     ivon_beta2: float = 0.99  # 0.99999 (IVON's default) leaves hess at hess_init on short runs
     ivon_weight_decay: float = 1.0e-4
-
-
-@dataclass(frozen=True)
-class KnobConfig:
-    """One knob of the regime study: a dotted profile setting and the values it takes."""
-
-    name: str  # what the figure calls it, e.g. "pretraining"
-    key: str  # the setting it moves, e.g. "pretrain.steps"
-    values: tuple[Any, ...] = ()  # each a valid value of that setting (a list for tasks)
-    note: str = ""  # one line on what the knob stands for
+    # IVON-Hess (first seed) re-previewed with one preview-only setting moved at a time: is a miss
+    # a matter of settings? Keys: PREVIEW_KNOBS; the profile's own value joins every sweep
+    sensitivity: tuple[KnobConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -362,18 +366,8 @@ def _check_values(p: Profile) -> None:
     rg = p.regime
     if not rg.seeds:
         raise ConfigError("regime.seeds must list at least one seed, e.g. [0, 1]")
-    names = [k.name for k in rg.knobs]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"regime.knobs must have different names, got {names}")
-    for k in rg.knobs:
-        if not k.values:
-            raise ConfigError(f"regime knob {k.name!r} lists no values")
-        try:  # the key must name a setting; each value is checked when the study applies it
-            section, *rest = k.key.split(".")
-            getattr(getattr(p, section), rest[0]) if rest else getattr(p, section)
-        except (AttributeError, IndexError):
-            raise ConfigError(f"regime knob {k.name!r}: {k.key!r} is not a profile setting "
-                              f"(e.g. pretrain.steps, model.embed_dim, tasks)") from None
+    _check_knobs("regime", rg.knobs, p)
+    _check_knobs("previews.sensitivity", pv.sensitivity, p, PREVIEW_KNOBS)
     for sec in ("pretrain", "finetune", "realign", "relations", "previews", "jobs"):
         for f in dataclasses.fields(getattr(p, sec)):
             v = getattr(getattr(p, sec), f.name)
@@ -381,8 +375,31 @@ def _check_values(p: Profile) -> None:
                 raise ConfigError(f"{sec}.{f.name} must be >= 0, got {v}")
 
 
+def _check_knobs(where: str, knobs: Sequence[KnobConfig], p: Profile,
+                 allowed: Sequence[str] | None = None) -> None:
+    """Distinct names, some values, and a key that names a setting (one of ``allowed`` if given);
+    each value is checked when a sweep applies it."""
+    names = [k.name for k in knobs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where} knobs must have different names, got {names}")
+    for k in knobs:
+        if not k.values:
+            raise ConfigError(f"{where} knob {k.name!r} lists no values")
+        if allowed is not None and k.key not in allowed:
+            raise ConfigError(f"{where} knob {k.name!r}: {one_of(k.key, allowed, 'key')}")
+        try:
+            section, *rest = k.key.split(".")
+            getattr(getattr(p, section), rest[0]) if rest else getattr(p, section)
+        except (AttributeError, IndexError):
+            raise ConfigError(f"{where} knob {k.name!r}: {k.key!r} is not a profile setting "
+                              f"(e.g. pretrain.steps, model.embed_dim, tasks)") from None
+
+
 DATASETS = ("scenes", "nyuv2", "cityscapes", "taskonomy")
 SG_ESTIMATORS = ("adam", "gradsq")
+# settings that change only the preview step, not any run a preview reads (a sweep stays cheap)
+PREVIEW_KNOBS = ("previews.prior_rel", "previews.realign_steps", "previews.realign_samples",
+                 "previews.em_iters")
 # Segmentation classes a real dataset ships, the default first: NYUv2's 13-class MTAN labels;
 # Cityscapes' 19 classes (label_19) or 7 categories (label_7). Others: 6 (what scenes render).
 DATASET_CLASSES: dict[str, tuple[int, ...]] = {"nyuv2": (13,), "cityscapes": (19, 7)}

@@ -453,22 +453,30 @@ def mae(pred: Sequence[float], truth: Sequence[float]) -> float:
     return sum(abs(a - b) for a, b in zip(p, t)) / len(p)
 
 
+def pick(score: Sequence[float], candidates: Sequence[int]) -> int:
+    """The α one would choose by ``score``: the highest-scoring of ``candidates`` (indices into the
+    α grid); ties go to the smallest index."""
+    sc = _floats("score", score)
+    cands = list(candidates)
+    if not cands:
+        raise PreviewError("candidates is empty; pass the indices of the α to choose from")
+    for c in cands:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(sc):
+            raise PreviewError(f"candidate {c!r} is not an index into the {len(sc)} scores")
+    best = max(sc[c] for c in cands)
+    return min(c for c in cands if sc[c] == best)
+
+
 def regret(pred_score: Sequence[float], true_score: Sequence[float],
            candidates: Sequence[int]) -> float:
-    """Real points lost by trusting the preview: ``max_c true[c] − true[argmax_c pred[c]]`` over
-    ``candidates`` (indices into the α grid); ties in ``pred`` go to the smallest index."""
+    """Real points lost by trusting the preview: ``max_c true[c] − true[pick(pred, c)]`` over
+    ``candidates`` (indices into the α grid)."""
     p, t = _floats("pred_score", pred_score), _floats("true_score", true_score)
     if len(p) != len(t):
         raise PreviewError(f"regret needs equally long score lists; got {len(p)} and {len(t)}")
     cands = list(candidates)
-    if not cands:
-        raise PreviewError("regret candidates is empty; pass the indices of the α to choose from")
-    for c in cands:
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(p):
-            raise PreviewError(f"regret candidate {c!r} is not an index into the {len(p)} scores")
-    best = max(p[c] for c in cands)
-    pick = min(c for c in cands if p[c] == best)
-    return max(t[c] for c in cands) - t[pick]
+    chosen = pick(p, cands)  # checks the candidates
+    return max(t[c] for c in cands) - t[chosen]
 
 
 def _points(name: str, points: Sequence[Sequence[float]], dim: int | None = None
@@ -576,9 +584,10 @@ def compare(pred: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[fl
             alphas: Sequence[Sequence[float]], ref: Sequence[float] | None = None) -> dict:
     """How well a previewed grid of task points matches the real one.
 
-    Returns ``{"quality": {task: {"mae", "mae_interior", "spearman"}}, "regret",
+    Returns ``{"quality": {task: {"mae", "mae_interior", "spearman"}}, "regret", "pick",
     "hypervolume_gap", "ref"}`` (``mae_interior``: over :func:`interior` α only);
-    regret scores an α by the mean of its task points and picks among :func:`interior` α;
+    regret scores an α by the mean of its task points and picks among :func:`interior` α
+    (``pick``: the index of the preview's choice);
     the hypervolume reference defaults to the true grid's worst point per task minus 1 (so every
     real α counts); the gap is NaN when the true front has no volume above ``ref``.
     """
@@ -603,4 +612,4 @@ def compare(pred: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[fl
     except PreviewError:
         gap = float("nan")
     return {"quality": quality, "regret": regret(mean_of(pred), mean_of(truth), inner),
-            "hypervolume_gap": gap, "ref": list(ref)}
+            "pick": pick(mean_of(pred), inner), "hypervolume_gap": gap, "ref": list(ref)}

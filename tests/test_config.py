@@ -267,6 +267,15 @@ def test_bad_regime_knobs_are_one_line_errors(knobs, expect):
     assert expect in _err(overrides={"regime.knobs": knobs})
 
 
+@pytest.mark.parametrize("knobs,expect", [
+    ([{"name": "s", "key": "previews.steps", "values": [5]}],  # would retrain: not a preview knob
+     "previews.sensitivity knob 's': unknown key 'previews.steps'; choose one of: previews.prior_rel"),
+    ([{"name": "s", "key": "previews.prior_rel", "values": []}], "knob 's' lists no values"),
+])
+def test_bad_sensitivity_knobs_are_one_line_errors(knobs, expect):
+    assert expect in _err(overrides={"previews.sensitivity": knobs})
+
+
 def test_with_settings_validates_and_leaves_the_rest():
     from simo.config import with_settings
 

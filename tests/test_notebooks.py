@@ -82,6 +82,15 @@ def test_results_contract_of_05(nb_cache, tmp_path):
         assert set(res[table]) == methods
     assert all(r >= 0 for r in res["regret"].values())
     assert all(0 < c for c in res["cost_ratio"].values())
+    # the sensitivity sweep passes through the default, whose regret is the main grid's (seed 0)
+    prof = load_profile("smoke")
+    assert set(res["sensitivity"]) == {k.name for k in prof.previews.sensitivity}
+    own = {"previews.prior_rel": prof.previews.prior_rel,
+           "previews.realign_steps": prof.previews.realign_steps}
+    for sw in res["sensitivity"].values():
+        assert len(sw["values"]) == len(sw["regret"]) == len(sw["pick"]) == len(sw["mae"]) >= 2
+        at_default = sw["regret"][sw["values"].index(own[sw["key"]])]
+        assert at_default == pytest.approx(res["regret_seeds"]["realigned"]["ivon_hess"][0])
 
 
 def test_unknown_parameter_is_one_line_error(tmp_path):

@@ -8,7 +8,8 @@ import torch
 
 from simo import cache, pipeline
 from simo.data import make_dataset
-from simo.errors import MergeError, TaskError, TrainingError
+from simo.config import load_profile
+from simo.errors import ConfigError, MergeError, TaskError, TrainingError
 from simo.train import evaluate
 
 
@@ -330,3 +331,17 @@ def test_preview_at_a_one_hot_alpha_is_that_task_model(cache_dir, make_profile, 
         assert grid["original"][0]["depth"][m] == pytest.approx(v, rel=1e-4)
     assert grid["realigned"][0]["depth"] != grid["original"][0]["depth"]  # heads moved
     assert set(grid["seconds"]) == {"merge", "evaluate", "realign"}
+
+
+def test_sensitivity_joins_the_default_and_checks_values():
+    p = load_profile("smoke", {"previews.prior_rel": 0.1, "previews.sensitivity": [
+        {"name": "prior", "key": "previews.prior_rel", "values": [1.0, 1e-3]}]})
+    ((name, key, vals),) = pipeline.sensitivity(p)
+    assert (name, key) == ("prior", "previews.prior_rel")
+    assert [v for v, _ in vals] == [1e-3, 0.1, 1.0]  # sorted, the profile's own value included
+    assert [q.previews.prior_rel for _, q in vals] == [1e-3, 0.1, 1.0]
+    assert vals[1][1] == p and vals[0][1].previews.realign_steps == p.previews.realign_steps
+    bad = load_profile("smoke", {"previews.sensitivity": [
+        {"name": "prior", "key": "previews.prior_rel", "values": [-1.0]}]})
+    with pytest.raises(ConfigError, match="knob 'prior': previews.prior_rel must be > 0"):
+        pipeline.sensitivity(bad)

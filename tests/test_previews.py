@@ -349,6 +349,10 @@ def test_mae_and_regret():
     assert P.regret([1.0, 9.0, 9.0, 5.0], true, [2, 1]) == 0.0
     with pytest.raises(PreviewError, match=r"candidate 7 is not an index"):
         P.regret([1.0], [1.0], [7])
+    assert P.pick([1.0, 9.0, 9.0, 5.0], (c for c in [3, 2, 1])) == 1  # any iterable; ties: smallest
+    assert P.regret([1.0, 9.0, 9.0, 5.0], true, (c for c in [3, 2, 1])) == 20.0
+    with pytest.raises(PreviewError, match="candidates is empty"):
+        P.pick([1.0], [])
 
 
 def test_pareto_front():
@@ -431,7 +435,7 @@ def test_compare_of_the_truth_with_itself_is_perfect_and_a_shifted_peak_has_regr
     # a preview that peaks at the wrong interior α: truth's mean is 74/90/72.5 on the interior
     pred = {"a": [0.0, 95.0, 50.0, 50.0, 100.0], "b": [100.0, 95.0, 50.0, 50.0, 0.0]}
     out = P.compare(pred, truth, alphas)
-    assert out["regret"] == pytest.approx(90.0 - 74.0)
+    assert out["regret"] == pytest.approx(90.0 - 74.0) and out["pick"] == 1 and same["pick"] == 2
     assert out["quality"]["a"]["mae"] == pytest.approx((45 + 40 + 45) / 5)
     assert out["quality"]["a"]["mae_interior"] == pytest.approx((45 + 40 + 45) / 3)
     with pytest.raises(PreviewError, match="differ"):
