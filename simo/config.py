@@ -279,6 +279,27 @@ def _with_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> Profil
     return profile
 
 
+def setting(profile: Profile, dotted: str) -> Any:
+    """The value of a dotted profile setting (``"finetune.lr"``, ``"tasks"``); AttributeError if
+    there is none."""
+    section, *rest = dotted.split(".")
+    node = getattr(profile, section)
+    return getattr(node, rest[0]) if rest else node
+
+
+def knob_profiles(profile: Profile, knob: KnobConfig, where: str,
+                  values: Sequence[Any] | None = None) -> list[tuple[Any, Profile]]:
+    """``(value, profile with knob.key = value)`` for each of ``values`` (default: the knob's);
+    a value the profile rejects is a one-line error naming the knob and the value."""
+    out = []
+    for v in knob.values if values is None else values:
+        try:
+            out.append((v, with_settings(profile, {knob.key: v})))
+        except ConfigError as e:
+            raise ConfigError(f"{where} knob {knob.name!r}, value {v!r}: {e}") from None
+    return out
+
+
 def _dataset_defaults(p: Profile) -> Profile:
     """Fill in what the dataset decides: its number of classes, and ``{data_root}`` in
     ``model.weights`` (so a profile can say "the DINOv2 file next to the datasets")."""
@@ -388,9 +409,8 @@ def _check_knobs(where: str, knobs: Sequence[KnobConfig], p: Profile,
         if allowed is not None and k.key not in allowed:
             raise ConfigError(f"{where} knob {k.name!r}: {one_of(k.key, allowed, 'key')}")
         try:
-            section, *rest = k.key.split(".")
-            getattr(getattr(p, section), rest[0]) if rest else getattr(p, section)
-        except (AttributeError, IndexError):
+            setting(p, k.key)
+        except AttributeError:
             raise ConfigError(f"{where} knob {k.name!r}: {k.key!r} is not a profile setting "
                               f"(e.g. pretrain.steps, model.embed_dim, tasks)") from None
 

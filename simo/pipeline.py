@@ -15,9 +15,9 @@ from typing import Sequence
 import torch
 
 from simo import cache
-from simo.config import Profile, with_settings
+from simo.config import Profile, knob_profiles, setting
 from simo.data import make_dataset, subset
-from simo.errors import ConfigError, MergeError, TaskError, one_of
+from simo.errors import MergeError, TaskError, one_of
 from simo.models import MultiTaskModel, build_model
 from simo.tasks import Task, get_tasks
 from simo.train import evaluate, finetune, pick_device, pretrain
@@ -650,12 +650,6 @@ def sensitivity(profile: Profile) -> list[tuple[str, str, list[tuple[object, Pro
     """``previews.sensitivity`` as ``(name, key, [(value, profile with that value), ...])`` per
     knob. The profile's own value joins each knob's values (sorted), so every sweep passes through
     the default, whose preview grids the notebook has anyway."""
-    out = []
-    for k in profile.previews.sensitivity:
-        section, leaf = k.key.split(".")
-        values = sorted(set(k.values) | {getattr(getattr(profile, section), leaf)})
-        try:
-            out.append((k.name, k.key, [(v, with_settings(profile, {k.key: v})) for v in values]))
-        except ConfigError as e:
-            raise ConfigError(f"previews.sensitivity knob {k.name!r}: {e}") from None
-    return out
+    return [(k.name, k.key, knob_profiles(profile, k, "previews.sensitivity",
+                                          sorted(set(k.values) | {setting(profile, k.key)})))
+            for k in profile.previews.sensitivity]

@@ -611,5 +611,6 @@ def compare(pred: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[fl
         gap = hypervolume_gap(pred_pts, true_pts, ref)
     except PreviewError:
         gap = float("nan")
-    return {"quality": quality, "regret": regret(mean_of(pred), mean_of(truth), inner),
-            "pick": pick(mean_of(pred), inner), "hypervolume_gap": gap, "ref": list(ref)}
+    pred_mean = mean_of(pred)
+    return {"quality": quality, "regret": regret(pred_mean, mean_of(truth), inner),
+            "pick": pick(pred_mean, inner), "hypervolume_gap": gap, "ref": list(ref)}

@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from simo import analysis, jobs
-from simo.config import Profile, with_settings
+from simo.config import Profile, knob_profiles
 from simo.errors import ConfigError, one_of
 from simo.pipeline import MergeSetup, finetuned, merge_setup, model_from, pretrained, tasks_of
 from simo.tasks import delta_mtl
@@ -57,11 +57,7 @@ def points(profile: Profile, knobs: Sequence[str] | None = None) -> list[Point]:
     for k in profile.regime.knobs:
         if knobs and k.name not in knobs:
             continue
-        for v in k.values:
-            try:
-                out.append(Point(k.name, v, with_settings(profile, {k.key: v})))
-            except ConfigError as e:
-                raise ConfigError(f"regime knob {k.name!r}, value {v!r}: {e}") from None
+        out += [Point(k.name, v, p) for v, p in knob_profiles(profile, k, "regime")]
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from real_fixtures import write_nyuv2
 from simo import paths, runner
-from simo.config import load_profile
+from simo.config import load_profile, setting
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +85,9 @@ def test_results_contract_of_05(nb_cache, tmp_path):
     # the sensitivity sweep passes through the default, whose regret is the main grid's (seed 0)
     prof = load_profile("smoke")
     assert set(res["sensitivity"]) == {k.name for k in prof.previews.sensitivity}
-    own = {"previews.prior_rel": prof.previews.prior_rel,
-           "previews.realign_steps": prof.previews.realign_steps}
     for sw in res["sensitivity"].values():
         assert len(sw["values"]) == len(sw["regret"]) == len(sw["pick"]) == len(sw["mae"]) >= 2
-        at_default = sw["regret"][sw["values"].index(own[sw["key"]])]
+        at_default = sw["regret"][sw["values"].index(setting(prof, sw["key"]))]
         assert at_default == pytest.approx(res["regret_seeds"]["realigned"]["ivon_hess"][0])
 
 

@@ -343,5 +343,5 @@ def test_sensitivity_joins_the_default_and_checks_values():
     assert vals[1][1] == p and vals[0][1].previews.realign_steps == p.previews.realign_steps
     bad = load_profile("smoke", {"previews.sensitivity": [
         {"name": "prior", "key": "previews.prior_rel", "values": [-1.0]}]})
-    with pytest.raises(ConfigError, match="knob 'prior': previews.prior_rel must be > 0"):
+    with pytest.raises(ConfigError, match="knob 'prior', value -1.0: previews.prior_rel must be > 0"):
         pipeline.sensitivity(bad)
