@@ -2,8 +2,9 @@
 
 Why: a cold `make figures` on 2 cores is almost all training steps, so the profile's image size and
 ViT shape set its wall time. This times one AdamW step (forward + backward, every task's head,
-batch 32, one thread as each job worker uses) for a few (image size, width, depth) settings and
-prints each one's ratio to the first, the 48 px / width 96 / depth 6 recipe of DESIGN.md.
+batch 32, one thread as each job worker uses) for a few (image size, width, depth, patch) settings
+and prints each one's ratio to the first, the 48 px / width 96 / depth 6 recipe of the first
+feasibility run. The last is today's tiny shape: patch 4, i.e. 64 tokens instead of 16.
 
     python benchmarks/step_time.py
     python benchmarks/step_time.py --steps 50 --threads 2
@@ -23,19 +24,22 @@ from simo import pipeline  # noqa: E402
 from simo.config import load_profile, with_settings  # noqa: E402
 from simo.models.model import build_model  # noqa: E402
 
-SHAPES = [  # (image size, width, depth, attention heads); the first is the baseline
-    (48, 96, 6, 3),
-    (32, 96, 6, 3),
-    (32, 64, 6, 2),
-    (32, 64, 4, 2),
+SHAPES = [  # (image size, width, depth, attention heads, patch); the first is the baseline
+    (48, 96, 6, 3, 8),
+    (32, 96, 6, 3, 8),
+    (32, 64, 6, 2, 8),
+    (32, 64, 4, 2, 8),
+    (32, 64, 4, 2, 4),
 ]
 
 
-def step_seconds(size: int, width: int, depth: int, heads: int, steps: int, batch: int) -> float:
+def step_seconds(size: int, width: int, depth: int, heads: int, patch: int, steps: int,
+                 batch: int) -> float:
     """Mean seconds of one training step of the tiny profile's tasks at this shape."""
     profile = with_settings(load_profile("tiny"), {
         "data.image_size": size, "model.embed_dim": width, "model.depth": depth,
-        "model.num_heads": heads, "model.feature_blocks": list(range(1, depth, 2))})  # tiny's taps
+        "model.num_heads": heads, "model.patch_size": patch, "model.weights": None,
+        "model.feature_blocks": list(range(1, depth, 2))})  # tiny's taps; random weights
     model = build_model(profile, pipeline.tasks_of(profile))
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -62,11 +66,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base = None
-    print(f"{'image':>5} {'width':>5} {'depth':>5} {'ms/step':>8} {'vs first':>9}")
+    print(f"{'image':>5} {'width':>5} {'depth':>5} {'patch':>5} {'ms/step':>8} {'vs first':>9}")
     for shape in SHAPES:
         s = step_seconds(*shape, steps=args.steps, batch=args.batch)
         base = base or s
-        print(f"{shape[0]:>5} {shape[1]:>5} {shape[2]:>5} {s * 1e3:>8.1f} {base / s:>8.2f}x")
+        print(f"{shape[0]:>5} {shape[1]:>5} {shape[2]:>5} {shape[4]:>5} {s * 1e3:>8.1f} "
+              f"{base / s:>8.2f}x")
 
 
 if __name__ == "__main__":

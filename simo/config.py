@@ -41,7 +41,9 @@ class ModelConfig:
     use_cls: bool = True  # concatenate the CLS token (broadcast) to every block's patch features
     head: str = "linear"  # linear | dpt
     head_bn: bool = False  # BatchNorm before the linear head's 1x1 conv (official code: seg/normals)
-    weights: str | None = None  # local weights file (safetensors); None = pretrain on scenes
+    weights: str | None = None  # local weights file (safetensors, relative to the repo or absolute);
+    # None = pretrain with SimMIM on the profile's pretraining scenes (the weak θ0 of the first study)
+    weights_sha256: str | None = None  # checked on load when set (the released foundation encoder)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,25 @@ class PretrainConfig:
     weight_decay: float = 0.05
     warmup: int = 100
     mask_ratio: float = 0.5  # SimMIM: fraction of patches replaced by the mask token
+
+
+@dataclass(frozen=True)
+class FoundationConfig:
+    """The embedded foundation encoder (``python -m simo foundation``, :mod:`simo.foundation`):
+    pretrained once on the wide scene distribution, released as ``model.weights``."""
+
+    objective: str = "aux"  # aux (dense targets no study task predicts) | simmim (normalized pixels)
+    n_scenes: int = 48000  # distinct pretraining scenes (the "wide" distribution, its own seeds)
+    steps: int = 10000
+    batch_size: int = 64
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    warmup: int = 500
+    mask_ratio: float = 0.5  # patches hidden from the encoder (aux: predicted from context too)
+    probe_every: int = 0  # transfer curve: a frozen linear probe every k steps (0: at the end only)
+    probe_steps: int = 300  # head steps of each probe (on cached features of the train split)
+    ckpt_every: int = 500  # resumable checkpoints
+    out: str = "build/foundation/encoder.safetensors"  # where the release (+ card) is written
 
 
 @dataclass(frozen=True)
@@ -175,6 +196,7 @@ class Profile:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    foundation: FoundationConfig = field(default_factory=FoundationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     merging: MergeConfig = field(default_factory=MergeConfig)
     realign: RealignConfig = field(default_factory=RealignConfig)
@@ -349,6 +371,14 @@ def _check_values(p: Profile) -> None:
         raise ConfigError(f"model.feature_blocks {bad} out of range for depth {p.model.depth}")
     if not 0.0 < p.pretrain.mask_ratio < 1.0:
         raise ConfigError(f"pretrain.mask_ratio must be in (0, 1), got {p.pretrain.mask_ratio}")
+    fd = p.foundation
+    if fd.objective not in OBJECTIVES:
+        raise ConfigError(one_of(fd.objective, OBJECTIVES, "foundation.objective"))
+    if not 0.0 <= fd.mask_ratio < 1.0:
+        raise ConfigError(f"foundation.mask_ratio must be in [0, 1), got {fd.mask_ratio}")
+    if fd.steps < 1 or fd.n_scenes < fd.batch_size or fd.batch_size < 1:
+        raise ConfigError(f"foundation needs steps >= 1 and n_scenes >= batch_size >= 1, got "
+                          f"steps={fd.steps}, n_scenes={fd.n_scenes}, batch_size={fd.batch_size}")
     from simo.jobs import EXECUTORS
 
     if p.jobs.executor not in EXECUTORS:
@@ -389,7 +419,7 @@ def _check_values(p: Profile) -> None:
         raise ConfigError("regime.seeds must list at least one seed, e.g. [0, 1]")
     _check_knobs("regime", rg.knobs, p)
     _check_knobs("previews.sensitivity", pv.sensitivity, p, PREVIEW_KNOBS)
-    for sec in ("pretrain", "finetune", "realign", "relations", "previews", "jobs"):
+    for sec in ("pretrain", "foundation", "finetune", "realign", "relations", "previews", "jobs"):
         for f in dataclasses.fields(getattr(p, sec)):
             v = getattr(getattr(p, sec), f.name)
             if isinstance(v, (int, float)) and v < 0:
@@ -416,6 +446,7 @@ def _check_knobs(where: str, knobs: Sequence[KnobConfig], p: Profile,
 
 
 DATASETS = ("scenes", "nyuv2", "cityscapes", "taskonomy")
+OBJECTIVES = ("aux", "simmim")  # the foundation encoder's pretraining objectives
 SG_ESTIMATORS = ("adam", "gradsq")
 # settings that change only the preview step, not any run a preview reads (a sweep stays cheap)
 PREVIEW_KNOBS = ("previews.prior_rel", "previews.realign_steps", "previews.realign_samples",

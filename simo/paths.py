@@ -12,6 +12,14 @@ PROFILES = ROOT / "profiles"
 NOTEBOOKS = ROOT / "notebooks"
 FIGURES = ROOT / "figures"
 BUILD = ROOT / "build"
+WEIGHTS = ROOT / "weights"  # released encoder weights (the embedded foundation θ0) + model cards
+
+
+def repo_file(path: str | Path) -> Path:
+    """A profile's file setting (``model.weights``, ``foundation.out``): relative to the repo root,
+    so a profile names the same file from any working directory."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
 
 
 def cache_root() -> Path:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from simo import cache
+from simo import cache, paths
 from simo.config import Profile, knob_profiles, setting
 from simo.data import make_dataset, subset
 from simo.errors import MergeError, TaskError, one_of
@@ -69,13 +69,18 @@ def pretrained(profile: Profile, progress: bool = True) -> cache.Artifact:
 
     Tensors are the timm ViT state dict (``vit`` keys); meta holds the pretraining curve.
     """
-    from simo.models.encoder import build_encoder
+    from simo.models.encoder import build_encoder, check_weights_file
 
     m = profile.model
     if m.weights:
-        w = Path(m.weights)
+        # checked on every call, not only when the cache misses: a damaged release is never used
+        w = check_weights_file(m.weights, m.weights_sha256) if m.weights_sha256 else \
+            paths.repo_file(m.weights)
+        # the file's hash when the profile pins one (checked on load), else its size: a replaced
+        # file never reuses another's cached results
         cfg = {"model": dataclasses.asdict(m), "image_size": profile.data.image_size,
-               "file": str(w.resolve()), "bytes": w.stat().st_size if w.is_file() else -1}
+               "file": str(w.resolve()),
+               "bytes": w.stat().st_size if w.is_file() and not m.weights_sha256 else -1}
 
         def load(out: Path, _partial: Path) -> None:
             enc = build_encoder(m, profile.data.image_size)

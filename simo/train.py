@@ -498,17 +498,18 @@ def ivon_optimizer(settings: Mapping[str, float]) -> Callable[[list[dict]], torc
 class SimMIM(nn.Module):
     """Masked-image modelling (Xie et al. 2022): mask patches, regress their pixels (L1).
 
-    Wraps the encoder's timm ViT with a learned mask token and a linear pixel decoder; only the
-    ViT's weights are kept afterwards.
+    Wraps the encoder's timm ViT with a learned mask token and a linear per-patch decoder of
+    ``channels`` values a pixel (3: RGB; :mod:`simo.foundation` decodes its dense targets with
+    it); only the ViT's weights are kept afterwards.
     """
 
-    def __init__(self, vit: nn.Module):
+    def __init__(self, vit: nn.Module, channels: int = 3):
         super().__init__()
         self.vit = vit
         c, p = vit.embed_dim, vit.patch_embed.patch_size[0]
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.decoder = nn.Linear(c, p * p * 3)
+        self.decoder = nn.Linear(c, p * p * channels)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         v = self.vit
@@ -520,7 +521,8 @@ class SimMIM(nn.Module):
         tokens = v.norm(v.blocks(v.norm_pre(v.patch_drop(tokens))))
         return self.decoder(tokens[:, v.num_prefix_tokens:])
 
-    def loss(self, x: Tensor, mask_ratio: float, g: torch.Generator) -> Tensor:
+    def random_mask(self, x: Tensor, mask_ratio: float, g: torch.Generator) -> Tensor:
+        """(B, N) bool: ``mask_ratio`` of each image's patches, drawn from ``g``."""
         p = self.vit.patch_embed.patch_size[0]
         b, _, h, w = x.shape
         n = (h // p) * (w // p)
@@ -528,7 +530,11 @@ class SimMIM(nn.Module):
         order = torch.rand(b, n, generator=g).argsort(dim=1)
         mask = torch.zeros(b, n, dtype=torch.bool)
         mask.scatter_(1, order[:, :n_mask], True)
-        mask = mask.to(x.device)
+        return mask.to(x.device)
+
+    def loss(self, x: Tensor, mask_ratio: float, g: torch.Generator) -> Tensor:
+        p = self.vit.patch_embed.patch_size[0]
+        mask = self.random_mask(x, mask_ratio, g)
         pred = self(x, mask)
         target = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # (B, N, 3*p*p)
         return (pred - target).abs()[mask].mean()

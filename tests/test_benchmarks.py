@@ -22,6 +22,6 @@ step_time = _load("step_time")
 
 @pytest.mark.parametrize("shape", step_time.SHAPES)
 def test_step_time_runs_each_shape(shape):
-    size, width, depth, heads = shape
-    assert width % heads == 0 and size % 8 == 0  # a valid ViT at the profile's patch size
-    assert step_time.step_seconds(size, width, depth, heads, steps=1, batch=2) > 0
+    size, width, depth, heads, patch = shape
+    assert width % heads == 0 and size % patch == 0  # a valid ViT
+    assert step_time.step_seconds(size, width, depth, heads, patch, steps=1, batch=2) > 0

@@ -27,7 +27,9 @@ from simo.errors import DataError
 
 CLASSES: tuple[str, ...] = ("floor", "wall", "sphere", "box", "cylinder", "cone")
 FIELDS: tuple[str, ...] = ("image", "label", "depth", "normal", "edge", "keypoint")
-DISTRIBUTIONS: tuple[str, ...] = ("pretrain", "task")
+DISTRIBUTIONS: tuple[str, ...] = ("pretrain", "task", "wide")
+# per-pixel fields that no study task predicts: what the foundation encoder's pretraining may see
+AUX_FIELDS: tuple[str, ...] = ("albedo", "shading", "texture", "instance")
 OBJECT_TYPES: tuple[str, ...] = ("sphere", "box", "cylinder", "cone")
 ROOM_SURFACES: tuple[str, ...] = ("floor", "back", "left", "right")
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker")
@@ -473,8 +475,10 @@ def _keypoints(pk: dict, size: int, f: np.ndarray) -> np.ndarray:
     return heat
 
 
-def _render_packed(pk: dict, size: int) -> dict[str, np.ndarray]:
-    """Render packed scenes: all images of the batch at once, float64 inside."""
+def _render_packed(pk: dict, size: int, fields: Sequence[str] = FIELDS
+                   ) -> dict[str, np.ndarray]:
+    """Render packed scenes: all images of the batch at once, float64 inside. The costly fields
+    (edges, keypoints) are computed only when ``fields`` asks for them."""
     B, S, P = pk["B"], pk["S"], size * size
     f = (size / 2) / pk["tanh"]
     c = np.arange(size) + 0.5 - size / 2
@@ -533,7 +537,9 @@ def _render_packed(pk: dict, size: int) -> dict[str, np.ndarray]:
     L = pk["light"][:, None, :]
     lam = np.maximum(nw[..., 0] * L[..., 0] + nw[..., 1] * L[..., 1] + nw[..., 2] * L[..., 2],
                      0.0)[..., None]
-    image = np.clip(grid(albedo) * (amb + (1 - amb) * lam), 0.0, 1.0).astype(np.float32)
+    shading = amb + (1 - amb) * lam
+    albedo = grid(albedo)
+    image = np.clip(albedo * shading, 0.0, 1.0).astype(np.float32)
     normal = np.empty((B, P, 3), np.float32)  # world -> camera: R^T n
     for i in range(3):
         normal[..., i] = (R[:, 0, i:i + 1] * nw[..., 0] + R[:, 1, i:i + 1] * nw[..., 1]
@@ -547,9 +553,13 @@ def _render_packed(pk: dict, size: int) -> dict[str, np.ndarray]:
         "label": label.reshape(shp),
         "depth": depth.reshape(shp).astype(np.float32),
         "normal": normal.reshape(shp + (3,)),
-        "edge": _edges(pk, sid, depth, (dx, dy, dz), size).reshape(shp).astype(np.float32),
-        "keypoint": _keypoints(pk, size, f),
+        "edge": (_edges(pk, sid, depth, (dx, dy, dz), size).reshape(shp).astype(np.float32)
+                 if "edge" in fields else None),
+        "keypoint": _keypoints(pk, size, f) if "keypoint" in fields else None,
         "instance": sid.reshape(shp).astype(np.int16),
+        "albedo": albedo.reshape(shp + (3,)).astype(np.float32),
+        "shading": shading.reshape(shp).astype(np.float32),
+        "texture": grid(tex).reshape(shp).astype(np.int8),
     }
 
 
@@ -598,7 +608,17 @@ _DIST = {
     "task": {"count": (2, 6), "types": (0.25, 0.25, 0.25, 0.25), "sat": (0.65, 1.0),
              "val": (0.5, 1.0), "room_sat": (0.25, 0.7), "scale": (0.8, 3.0),
              "tex": (0.4, 0.3, 0.3), "hue2": (0.25, 0.75)},
+    # the foundation encoder's pretraining scenes: wider than both in every knob (more clutter,
+    # every colour and texture scale, harder light, more camera poses), drawn with other seeds
+    "wide": {"count": (0, 12), "types": (0.25, 0.25, 0.25, 0.25), "sat": (0.0, 1.0),
+             "val": (0.35, 1.0), "room_sat": (0.0, 0.8), "scale": (0.5, 9.0),
+             "tex": (0.34, 0.33, 0.33), "hue2": (0.0, 0.75), "yaw": (-30, 30),
+             "pitch": (-40, -2), "elevation": (10, 85), "ambient": (0.1, 0.6),
+             "distance": (1.5, 6.0), "spread": 30},
 }
+# geometry knobs shared by "pretrain" and "task" (the wide distribution overrides them)
+_GEOMETRY = {"yaw": (-10, 10), "pitch": (-25, -12), "elevation": (30, 75), "ambient": (0.3, 0.5),
+             "distance": (2.0, 5.0), "spread": 22}
 
 
 def _hsv(h: float, s: float, v: float) -> list[float]:
@@ -628,21 +648,21 @@ def _random_material(rng: np.random.Generator, knobs: dict, room: bool) -> dict:
 def sample_scene_spec(rng: np.random.Generator, distribution: str = "task") -> dict:
     """Draw one random scene in the :func:`render_scene_spec` format (independent of size)."""
     _check_distribution(distribution)
-    knobs = _DIST[distribution]
+    knobs = {**_GEOMETRY, **_DIST[distribution]}
     hw, back = _ROOM_DEFAULT["half_width"], _ROOM_DEFAULT["depth"]
     cam = [rng.uniform(-0.4, 0.4), rng.uniform(1.2, 1.8), rng.uniform(-0.3, 0.3)]
-    yaw, pitch = rng.uniform(-10, 10), rng.uniform(-25, -12)
+    yaw, pitch = rng.uniform(*knobs["yaw"]), rng.uniform(*knobs["pitch"])
     # light from above and from the camera's side of the room, so the back wall is lit
-    az, el = rng.uniform(0.1, math.pi - 0.1), math.radians(rng.uniform(30, 75))
+    az, el = rng.uniform(0.1, math.pi - 0.1), math.radians(rng.uniform(*knobs["elevation"]))
     light = {"direction": [math.cos(el) * math.cos(az), math.sin(el), math.cos(el) * math.sin(az)],
-             "ambient": rng.uniform(0.3, 0.5)}
+             "ambient": rng.uniform(*knobs["ambient"])}
     surfaces = {name: _random_material(rng, knobs, room=True) for name in ROOM_SURFACES}
     lo, hi = knobs["count"]
     objects = []
     for _ in range(int(rng.integers(lo, hi + 1))):
         typ = OBJECT_TYPES[rng.choice(4, p=knobs["types"])]
-        dist = rng.uniform(2.0, 5.0)
-        ang = math.radians(yaw + rng.uniform(-22, 22))
+        dist = rng.uniform(*knobs["distance"])
+        ang = math.radians(yaw + rng.uniform(-knobs["spread"], knobs["spread"]))
         x, z = cam[0] - dist * math.sin(ang), cam[2] - dist * math.cos(ang)
         if typ == "sphere":
             r = rng.uniform(0.2, 0.55)
@@ -689,7 +709,8 @@ def _check_count(value: Any, what: str, minimum: int) -> None:
 
 
 def render_scenes(n: int, seed: int, size: int = 48, distribution: str = "task",
-                  batch: int = 256, progress: bool = False) -> dict[str, np.ndarray]:
+                  batch: int = 256, progress: bool = False,
+                  fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray]:
     """Render n random scenes with exact labels; sample i depends only on (seed, i, dist, size).
 
     Scene parameters come from ``np.random.default_rng([seed, i, dist_id])`` per sample, so any
@@ -698,6 +719,9 @@ def render_scenes(n: int, seed: int, size: int = 48, distribution: str = "task",
     (n,H,W) int16 (ids into :data:`CLASSES`, -1 = no hit), depth (n,H,W) float32 z-depth
     (0 = invalid), normal (n,H,W,3) float32 unit camera-frame normals facing the camera (zero
     = invalid), edge (n,H,W) float32 occlusion edges in {0,1}, keypoint (n,H,W) float32 heatmap.
+    ``fields`` picks others: :data:`AUX_FIELDS` are albedo (n,H,W,3) float32 (surface colour
+    before light), shading (n,H,W) float32 (ambient + Lambert term), texture (n,H,W) int8 (ids
+    into :data:`TEXTURES`) and instance (n,H,W) int16 (surface id, see :func:`render_scene_spec`).
     """
     _check_count(n, "number of scenes n", 0)
     _check_count(seed, "seed", 0)
@@ -706,14 +730,13 @@ def render_scenes(n: int, seed: int, size: int = 48, distribution: str = "task",
     _check_count(batch, "batch", 1)
     dist_id = DISTRIBUTIONS.index(distribution)
     n, size = int(n), int(size)
-    out = {
-        "image": np.zeros((n, size, size, 3), np.float32),
-        "label": np.zeros((n, size, size), np.int16),
-        "depth": np.zeros((n, size, size), np.float32),
-        "normal": np.zeros((n, size, size, 3), np.float32),
-        "edge": np.zeros((n, size, size), np.float32),
-        "keypoint": np.zeros((n, size, size), np.float32),
-    }
+    unknown = sorted(set(fields) - set(FIELDS) - set(AUX_FIELDS))
+    if unknown:
+        raise DataError(f"unknown scene fields {unknown}; choose from: "
+                        f"{', '.join(FIELDS + AUX_FIELDS)}")
+    dtypes = {"label": np.int16, "instance": np.int16, "texture": np.int8}
+    out = {k: np.zeros((n, size, size) + ((3,) if k in ("image", "normal", "albedo") else ()),
+                       dtypes.get(k, np.float32)) for k in fields}
     starts = range(0, n, batch)
     if progress:
         from tqdm.auto import tqdm
@@ -722,8 +745,8 @@ def render_scenes(n: int, seed: int, size: int = 48, distribution: str = "task",
         e = min(n, s + batch)
         specs = [sample_scene_spec(np.random.default_rng([seed, i, dist_id]), distribution)
                  for i in range(s, e)]
-        res = _render_packed(_pack(specs), size)
-        for k in FIELDS:
+        res = _render_packed(_pack(specs), size, fields)
+        for k in fields:
             out[k][s:e] = res[k]
     return out
 

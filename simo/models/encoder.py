@@ -6,6 +6,7 @@ which is what task vectors and merge methods operate on.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import timm
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simo import paths
 from simo.config import ModelConfig
 from simo.errors import CheckpointError, ConfigError
 
@@ -76,18 +78,45 @@ def build_encoder(cfg: ModelConfig, image_size: int, seed: int = 0) -> Encoder:
     torch.manual_seed(seed)
     enc = Encoder(build_vit(cfg, image_size), cfg.feature_blocks, cfg.use_cls)
     if cfg.weights:
-        load_encoder_weights(enc, cfg.weights)
+        load_encoder_weights(enc, cfg.weights, cfg.weights_sha256)
     return enc
 
 
-def load_encoder_weights(enc: Encoder, path: str | Path) -> None:
-    """Load a local safetensors file of timm ViT weights, with one-line errors for every mismatch."""
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _rebuild_hint(path: Path) -> str:
+    """What rebuilds a weights file: the study's own release has a command, foreign ones do not."""
+    if path.resolve().parent == paths.WEIGHTS.resolve():
+        return "rebuild it with `make foundation` (or restore it: `git checkout weights/`)"
+    return "set model.weights to a local .safetensors file"
+
+
+def check_weights_file(path: str | Path, sha256: str | None = None) -> Path:
+    """The weights file's path, if it exists (and matches ``sha256`` when one is given)."""
+    path = paths.repo_file(path)
+    if not path.is_file():
+        raise CheckpointError(f"encoder weights file {path} does not exist; {_rebuild_hint(path)}")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise CheckpointError(f"encoder weights file {path} does not match model.weights_sha256 "
+                              f"(truncated, corrupt or another release); {_rebuild_hint(path)}")
+    return path
+
+
+def load_encoder_weights(enc: Encoder, path: str | Path, sha256: str | None = None) -> None:
+    """Load a local safetensors file of timm ViT weights, with one-line errors for every mismatch.
+
+    ``sha256`` (the profile's ``model.weights_sha256``) is checked first, as a model hub would: a
+    truncated, swapped or retrained file is refused before it is parsed.
+    """
     from simo.cache import load_tensors
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"encoder weights file {path} does not exist; set model.weights to a "
-                              "local .safetensors file")
+    path = check_weights_file(path, sha256)
     state = load_tensors(path)
     state.pop("mask_token", None)  # DINOv2 (Meta) checkpoints keep their iBOT mask token
     own = enc.vit.state_dict()
