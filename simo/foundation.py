@@ -112,9 +112,8 @@ def probe(profile: Profile, encoder: dict[str, Tensor], *, steps: int, split: st
     """A frozen linear probe: fresh linear heads trained on cached features of the task train split
     (``n_train`` images, default all), scored on ``split``. How much of each task θ0 already reads."""
     tasks = get_tasks(list(profile.tasks), num_classes=profile.data.num_classes)
-    bare = dataclasses.replace(profile, model=dataclasses.replace(profile.model, weights=None))
     with torch.random.fork_rng():
-        model = build_model(bare, tasks, seed=seed)
+        model = build_model(profile, tasks, seed=seed)
     model.encoder.vit.load_state_dict(encoder)
     model.to(pick_device(profile.device))
     train = make_dataset(profile, "train", limit=n_train)
@@ -201,9 +200,13 @@ def release(profile: Profile, out: str | Path | None = None, progress: bool = Tr
     """Pretrain (or resume, or reuse the cached result) and write the release: ``<out>`` (the timm
     ViT state dict, safetensors), ``<out stem>.json`` (the card's data) and ``<out stem>.md``
     (the model card). Returns the weights path; the card names its sha256."""
+    return write_release(profile, pretrained_foundation(profile, progress), out)
+
+
+def write_release(profile: Profile, art: cache.Artifact, out: str | Path | None = None) -> Path:
+    """Write the release files of a pretrained-foundation artifact (see :func:`release`)."""
     from simo.models.encoder import file_sha256
 
-    art = pretrained_foundation(profile, progress)
     out = paths.repo_file(out or profile.foundation.out)
     # no metadata beyond the checksum: safetensors writes a header's keys in random order, and the
     # release must be the same bytes every time (the card says the rest)

@@ -41,8 +41,18 @@ def test_results_contract_of_01(nb_cache, tmp_path):
     res = json.loads((paths.figures_dir("smoke", "01_pretrain_and_finetune") / "results.json")
                      .read_text())
     for task, main in res["main_metric"].items():
-        for init in ("pretrained", "scratch"):
+        for init in ("pretrained", "scratch", "weak"):
             assert main in res["tasks"][task][init]
+    # issue 20's contract: the foundation evidence
+    f = res["foundation"]
+    assert {"weights_sha256", "objective", "tasks"} <= set(f)
+    assert set(f["tasks"]) == set(res["main_metric"])
+    for row in f["tasks"].values():
+        for key in ("gain_vs_scratch_pct", "gain_vs_weak_pct"):
+            lo, hi = row[key]["ci95"]
+            assert lo <= row[key]["mean"] <= hi
+        assert isinstance(row["steps_to_95pct"], int) and row["probe_points"] >= 0
+        assert row["tv_norm_ratio"] > 0
 
 
 def test_results_contract_of_03(nb_cache, tmp_path):

@@ -1,6 +1,7 @@
 """One shared encoder and one head per task: the single-input multi-output model."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -24,8 +25,12 @@ class MultiTaskModel(nn.Module):
 
 
 def build_model(profile: Profile, tasks: Sequence, seed: int = 0) -> MultiTaskModel:
-    """Encoder + one head per task (``tasks`` are :class:`simo.tasks.Task`), seeded init."""
-    m = profile.model
+    """Encoder + one head per task (``tasks`` are :class:`simo.tasks.Task`), seeded random init.
+
+    Never loads ``model.weights``: a pretrained encoder comes from :func:`simo.pipeline.pretrained`
+    (checked and cached), so a model built here from scratch really starts from random weights.
+    """
+    m = dataclasses.replace(profile.model, weights=None)
     enc = build_encoder(m, profile.data.image_size, seed=seed)
     torch.manual_seed(seed + 1)
     heads = {t.name: build_head(m.head, enc.dims, t.channels, m.use_cls, m.head_bn) for t in tasks}

@@ -1,0 +1,183 @@
+"""Is θ0 a foundation model? The checks of notebook 01, on any profile's encoder.
+
+A foundation model, in the sense both papers assume, (i) already carries most of each task: a
+frozen linear probe reads it; (ii) makes finetuning clearly better than starting from random
+weights; (iii) makes it fast; (iv) is only moved a little by it, so task vectors are small edits
+and task arithmetic keeps much. Each check compares three starting points (:data:`INITS`): the
+profile's encoder, random weights and the first study's weak SimMIM θ0, at equal finetuning steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from torch import Tensor
+
+from simo import cache, paths
+from simo.config import Profile, with_settings
+from simo.errors import TaskError, one_of
+from simo.foundation import _CODE as _FOUNDATION_CODE, _config, probe
+from simo.models import build_model
+from simo.tasks import Task, delta_mtl, get_tasks, normalized_performance
+
+_CODE = _FOUNDATION_CODE + ("transfer", "pipeline", "merging")
+
+INITS = ("foundation", "scratch", "weak")  # θ0 = the released encoder | random | the first study's
+
+
+def weak_profile(profile: Profile) -> Profile:
+    """``profile`` with the first study's θ0: SimMIM on its pretraining scenes (``pretrain.*``)
+    instead of the released weights. The comparison the release must win."""
+    return with_settings(profile, {"model.weights": None, "model.weights_sha256": None})
+
+
+def finetune_run(profile: Profile, task: str, seed: int, init: str,
+                 progress: bool = True) -> cache.Artifact:
+    """The single-task finetune of ``task`` from one of :data:`INITS`, at the profile's budget."""
+    from simo.pipeline import finetuned
+
+    if init not in INITS:
+        raise TaskError(one_of(init, INITS, "init"))
+    if init == "weak":
+        return finetuned(weak_profile(profile), task, seed=seed, progress=progress)
+    return finetuned(profile, task, seed=seed, progress=progress,
+                     init="scratch" if init == "scratch" else "pretrained")
+
+
+def longer_profile(profile: Profile) -> Profile:
+    """``profile`` with twice the single-task steps: is scratch's deficit a matter of budget?"""
+    return with_settings(profile, {"finetune.steps": 2 * profile.finetune.steps})
+
+
+def evidence_jobs(profile: Profile, seeds: Sequence[int]) -> list:
+    """Every run the evidence needs, weak θ0 first (its finetunes wait for it)."""
+    from simo import jobs
+    from simo.pipeline import finetuned, pretrained
+
+    return ([jobs.job(pretrained, weak_profile(profile), progress=False)]
+            + [jobs.job(finetune_run, profile, t, s, init, progress=False)
+               for s in seeds for init in INITS for t in profile.tasks]
+            + [jobs.job(finetuned, longer_profile(profile), t, seed=seeds[0], init="scratch",
+                        progress=False) for t in profile.tasks])
+
+
+def steps_to_fraction(history: Sequence[dict], task: Task, frac: float = 0.95) -> int:
+    """First recorded step whose main validation metric is within ``frac`` of the final value
+    (in normalized terms: v/final for higher-is-better metrics, final/v for lower)."""
+    from simo.analysis import curve
+
+    steps, values = curve(history, task.name, task.main_metric)
+    hib = dict((m.name, m.higher_is_better) for m in task.metrics)[task.main_metric]
+    final = values[-1]
+    for s, v in zip(steps, values):
+        ratio = v / final if hib else final / max(v, 1e-12)
+        if ratio >= frac:
+            return int(s)
+    return int(steps[-1])
+
+
+def tv_norm_ratio(pretrained: dict[str, Tensor], finetuned: dict[str, Tensor]) -> float:
+    """‖τ‖ / ‖θ0‖ over the encoder's float tensors: how far a finetune moved from θ0."""
+    num = sum(float((finetuned[k].float() - v.float()).pow(2).sum())
+              for k, v in pretrained.items() if v.is_floating_point())
+    den = sum(float(v.float().pow(2).sum()) for v in pretrained.values() if v.is_floating_point())
+    return (num / den) ** 0.5
+
+
+def ta_original_heads(profile: Profile, seed: int = 0) -> dict:
+    """Task arithmetic with the original heads, λ chosen on val (the official protocol): the
+    chosen λ and the test Δ_MTL (normalized convention) against the single-task models."""
+    from simo.analysis import select_on_validation
+    from simo.pipeline import merge_setup
+
+    setup = merge_setup(profile, seed)
+    single = {s: setup.evaluate("single_task", 0.0, s) for s in ("val", "test")}
+
+    def score(lam: float, split: str = "val") -> float:
+        return delta_mtl(setup.evaluate("task_arithmetic", lam, split), single[split],
+                         setup.tasks)
+
+    lam, _ = select_on_validation(score, profile.merging.lam_grid)
+    return {"lam": lam, "delta_mtl": score(lam, "test")}
+
+
+def encoder_probe(profile: Profile, init: str, split: str = "test") -> dict[str, dict[str, float]]:
+    """The frozen linear probe of θ0 (``init`` of :data:`INITS`), cached: how much of each task a
+    head can read off the encoder before any finetuning."""
+    from simo.pipeline import pretrained
+
+    p = weak_profile(profile) if init == "weak" else profile
+    if init == "scratch":
+        state, key = build_model(p, [], seed=0).encoder.vit.state_dict(), "random-seed-0"
+    else:
+        art = pretrained(p, progress=False)
+        state, key = art.tensors(), art.key
+    cfg = {"encoder": key, "split": split, "steps": profile.foundation.probe_steps,
+           "probe": _config(profile)["probe"], "data": dataclasses.asdict(profile.data)}
+    return cache.memo("probe", cfg, lambda: probe(profile, state, steps=cfg["steps"],
+                                                   split=split), modules=_FOUNDATION_CODE)
+
+
+def evidence(profile: Profile, seeds: Sequence[int]) -> dict:
+    """Notebook 01's ``"foundation"`` results: per task the probe (normalized points of the
+    foundation's single-task model, seed ``seeds[0]``), the gain of the foundation finetune over
+    scratch and over the weak θ0 (% relative on the test main metric, mean and 95 % CI over
+    ``seeds``), steps to 95 % of the final val metric and ‖τ‖/‖θ0‖; and, per θ0, task arithmetic
+    with the original heads."""
+    from simo.analysis import mean_ci
+    from simo.models.encoder import file_sha256
+    from simo.pipeline import finetuned, pretrained
+
+    tasks = get_tasks(list(profile.tasks), num_classes=profile.data.num_classes)
+    runs = {(t.name, s, i): finetune_run(profile, t.name, s, i, progress=False)
+            for t in tasks for s in seeds for i in INITS}
+    probes = {i: encoder_probe(profile, i) for i in INITS}
+    theta0 = pretrained(profile, progress=False).tensors()
+    out: dict = {"tasks": {}}
+    for t in tasks:
+        hib = dict((m.name, m.higher_is_better) for m in t.metrics)[t.main_metric]
+
+        def main(init: str, s: int) -> float:
+            return runs[t.name, s, init].meta["test"][t.name][t.main_metric]
+
+        def gain(other: str) -> dict:
+            rel = [(main("foundation", s) - main(other, s)) / main(other, s) * (1 if hib else -1)
+                   for s in seeds]
+            return mean_ci([100 * r for r in rel])
+
+        ref = {t.name: runs[t.name, seeds[0], "foundation"].meta["test"][t.name]}
+        weak0 = pretrained(weak_profile(profile), progress=False).tensors()
+        by_init = {
+            "probe_points": {i: 100 * points(t, probes[i][t.name], ref[t.name]) for i in INITS},
+            "steps_to_95pct": {i: steps_to_fraction(runs[t.name, seeds[0], i].meta["history"], t)
+                               for i in INITS},
+            "tv_norm_ratio": {i: tv_norm_ratio(theta0 if i == "foundation" else weak0,
+                                               runs[t.name, seeds[0], i].tensors("encoder."))
+                              for i in ("foundation", "weak")},
+            "test": {i: mean_ci([main(i, s) for s in seeds]) for i in INITS},
+        }
+        longer = finetuned(longer_profile(profile), t.name, seed=seeds[0], init="scratch",
+                           progress=False).meta["test"][t.name][t.main_metric]
+        out["tasks"][t.name] = {
+            "main_metric": t.main_metric,
+            # seed 0 against scratch at twice the steps: how much of the gain a longer run buys
+            "gain_vs_scratch_2x_steps_pct": 100 * (main("foundation", seeds[0]) - longer)
+            / longer * (1 if hib else -1),
+            "probe_points": by_init["probe_points"]["foundation"],
+            "gain_vs_scratch_pct": gain("scratch"), "gain_vs_weak_pct": gain("weak"),
+            "steps_to_95pct": by_init["steps_to_95pct"]["foundation"],
+            "tv_norm_ratio": by_init["tv_norm_ratio"]["foundation"],
+            "by_init": by_init,
+        }
+    out["task_arithmetic"] = {"foundation": ta_original_heads(profile, seeds[0]),
+                              "weak": ta_original_heads(weak_profile(profile), seeds[0])}
+    w = profile.model.weights
+    out["weights_sha256"] = file_sha256(paths.repo_file(w)) if w else None
+    out["objective"] = profile.foundation.objective if w else "simmim (weak, pretrain.*)"
+    out["seeds"] = list(seeds)
+    return out
+
+
+def points(task: Task, metrics: dict[str, float], ref: dict[str, float]) -> float:
+    """``metrics`` of one task as a fraction of ``ref`` (normalized performance, 1 = as good)."""
+    return normalized_performance({task.name: metrics}, {task.name: ref}, [task])[task.name]
