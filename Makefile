@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup figures regimes figures-smoke test bench clean
+.PHONY: setup figures foundation regimes figures-smoke test bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ setup: $(STAMP)            ## create .venv and install (skips what is already in
 
 figures: $(STAMP)          ## regenerate every figure on the embedded default (tiny profile)
 	$(BIN)/python -m simo figures --profile tiny
+
+foundation: $(STAMP)       ## rebuild the released foundation encoder weights/foundation-tiny.* (~35 min on 2 cores; resumes)
+	$(BIN)/python -m simo foundation --profile tiny
 
 regimes: $(STAMP)          ## the regime study (notebook 06, profile regime): about an hour cold on 2 cores
 	$(BIN)/python -m simo figures --profile regime --only 06

@@ -235,35 +235,33 @@ def _main_metrics(probe_metrics: dict[str, dict[str, float]]) -> dict[str, float
 
 
 def _plot_curves(card: dict, path: Path) -> None:
-    """Loss and transfer curves of the release, beside its card."""
+    """Loss and transfer curves of the release, beside its card: the loss, then one panel per
+    task (each metric has its own scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     hist = card["history"]
-    steps = [h["step"] for h in hist]
     probes = [h for h in hist if "probe" in h]
-    fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(9 if probes else 4.5, 3.2),
+    names = list(probes[0]["probe"]) if probes else []
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3.6 * (1 + len(names)), 3.0),
                              squeeze=False)
     ax = axes[0, 0]
-    ax.plot(steps, [h["train_loss"] for h in hist], label="train")
-    ax.plot(steps, [h["val_loss"] for h in hist], label="held-out scenes")
-    ax.set(xlabel="pretraining step", ylabel=f"{card['objective']} loss (lower is better)",
-           yscale="log", title="pretraining loss")
+    ax.plot([h["step"] for h in hist], [h["train_loss"] for h in hist], label="train")
+    ax.plot([h["step"] for h in hist], [h["val_loss"] for h in hist], label="held-out scenes")
+    ax.set(ylabel=f"{card['objective']} loss (lower is better)", title="pretraining loss")
     ax.legend()
-    if probes:
-        ax = axes[0, 1]
-        for name in probes[0]["probe"]:
-            t = get_tasks([name])[0]
-            m = t.metrics[0]
-            ax.plot([h["step"] for h in probes],
-                    [h["probe"][name][m.name] for h in probes], marker="o",
-                    label=f"{name} {m.name} ({'higher' if m.higher_is_better else 'lower'} "
-                          "is better)")
-        ax.set(xlabel="pretraining step", ylabel="frozen linear probe, val",
-               title="transfer (monitoring only)")
-        ax.legend(fontsize=7)
+    for ax, name in zip(axes[0, 1:], names):
+        m = get_tasks([name])[0].metrics[0]
+        ax.plot([h["step"] for h in probes], [h["probe"][name][m.name] for h in probes],
+                marker="o", color="C2")
+        ax.set(ylabel=f"probe {m.name} ({'higher' if m.higher_is_better else 'lower'} is better)",
+               title=f"{name}: frozen linear probe (val)")
+    for ax in axes[0]:
+        ax.set_xlabel("pretraining step")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
