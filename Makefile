@@ -17,7 +17,7 @@ setup: $(STAMP)            ## create .venv and install (skips what is already in
 figures: $(STAMP)          ## regenerate every figure on the embedded default (tiny profile)
 	$(BIN)/python -m simo figures --profile tiny
 
-foundation: $(STAMP)       ## rebuild the released foundation encoder weights/foundation-tiny.* (~35 min on 2 cores; resumes)
+foundation: $(STAMP)       ## rebuild the released foundation encoder weights/foundation-tiny.* (~40 min on 2 cores; resumes)
 	$(BIN)/python -m simo foundation --profile tiny
 
 regimes: $(STAMP)          ## the regime study (notebook 06, profile regime): about an hour cold on 2 cores

@@ -101,9 +101,13 @@ def ta_original_heads(profile: Profile, seed: int = 0) -> dict:
     return {"lam": lam, "delta_mtl": score(lam, "test")}
 
 
-def encoder_probe(profile: Profile, init: str, split: str = "test") -> dict[str, dict[str, float]]:
+PROBE_LONG = 5  # the long probe: this many times foundation.probe_steps (is the probe budget the limit?)
+
+
+def encoder_probe(profile: Profile, init: str, split: str = "test",
+                  steps: int | None = None) -> dict[str, dict[str, float]]:
     """The frozen linear probe of θ0 (``init`` of :data:`INITS`), cached: how much of each task a
-    head can read off the encoder before any finetuning."""
+    head can read off the encoder before any finetuning (``steps``: foundation.probe_steps)."""
     from simo.pipeline import pretrained
 
     p = weak_profile(profile) if init == "weak" else profile
@@ -112,10 +116,23 @@ def encoder_probe(profile: Profile, init: str, split: str = "test") -> dict[str,
     else:
         art = pretrained(p, progress=False)
         state, key = art.tensors(), art.key
-    cfg = {"encoder": key, "split": split, "steps": profile.foundation.probe_steps,
-           "probe": _config(profile)["probe"], "data": dataclasses.asdict(profile.data)}
-    return cache.memo("probe", cfg, lambda: probe(profile, state, steps=cfg["steps"],
-                                                   split=split), modules=_FOUNDATION_CODE)
+    return _memo_probe(profile, state, key, split, steps or profile.foundation.probe_steps)
+
+
+def _memo_probe(profile: Profile, state: dict[str, Tensor], key: str, split: str,
+                steps: int) -> dict[str, dict[str, float]]:
+    cfg = {"encoder": key, "split": split, "steps": steps, "probe": _config(profile)["probe"],
+           "data": dataclasses.asdict(profile.data)}
+    return cache.memo("probe", cfg, lambda: probe(profile, state, steps=steps, split=split),
+                      modules=_FOUNDATION_CODE)
+
+
+def finetuned_probe(profile: Profile, task: str, seed: int) -> dict[str, dict[str, float]]:
+    """The same linear probe on the *finetuned* encoder of ``task``: what a linear head can read
+    when the features carry the task (the probe's own ceiling)."""
+    art = finetune_run(profile, task, seed, "foundation", progress=False)
+    return _memo_probe(profile, art.tensors("encoder."), art.key, "test",
+                       profile.foundation.probe_steps)
 
 
 def evidence(profile: Profile, seeds: Sequence[int]) -> dict:
@@ -158,8 +175,15 @@ def evidence(profile: Profile, seeds: Sequence[int]) -> dict:
         }
         longer = finetuned(longer_profile(profile), t.name, seed=seeds[0], init="scratch",
                            progress=False).meta["test"][t.name][t.main_metric]
+        long_probe = encoder_probe(profile, "foundation", steps=PROBE_LONG
+                                   * profile.foundation.probe_steps)[t.name]
         out["tasks"][t.name] = {
             "main_metric": t.main_metric,
+            # what limits the probe: its budget (5x the steps) or the features (the same probe on
+            # the finetuned encoder reads the task when the features carry it)
+            "probe_points_long": 100 * points(t, long_probe, ref[t.name]),
+            "probe_points_finetuned_encoder": 100 * points(
+                t, finetuned_probe(profile, t.name, seeds[0])[t.name], ref[t.name]),
             # seed 0 against scratch at twice the steps: how much of the gain a longer run buys
             "gain_vs_scratch_2x_steps_pct": 100 * (main("foundation", seeds[0]) - longer)
             / longer * (1 if hib else -1),
