@@ -16,7 +16,6 @@ from simo.config import load_profile
 from simo.data.scenes import AUX_FIELDS, render_scenes
 from simo.errors import CheckpointError, ConfigError
 from simo.models.encoder import build_encoder, file_sha256
-from simo.tasks import get_task
 from simo.train import SimMIM, step_generator
 from tests.conftest import tiny_profile
 
@@ -80,20 +79,6 @@ def test_objectives_give_finite_losses_that_train(objective):
 def test_bad_objective_is_a_one_line_error():
     with pytest.raises(ConfigError, match="foundation.objective"):
         tiny_profile(**{"foundation.objective": "dino"})
-
-
-def test_steps_to_fraction_reads_the_validation_curve():
-    seg, depth = get_task("segmentation"), get_task("depth")
-    hist = [{"step": s, "val": {"segmentation": {"miou": v}, "depth": {"abs_err": e}}}
-            for s, v, e in [(100, 0.1, 2.0), (200, 0.5, 1.1), (300, 0.96, 1.02), (400, 1.0, 1.0)]]
-    assert foundation.steps_to_fraction(hist, seg) == 300
-    assert foundation.steps_to_fraction(hist, depth) == 300  # 1/1.02 >= 0.95, 1/1.1 is not
-
-
-def test_tv_norm_ratio_by_hand():
-    theta0 = {"w": torch.tensor([3.0, 4.0]), "n": torch.tensor([0])}
-    assert foundation.tv_norm_ratio(theta0, {"w": torch.tensor([3.0, 5.0]),
-                                             "n": torch.tensor([7])}) == pytest.approx(0.2)
 
 
 def _run(out, cache, **kw):
