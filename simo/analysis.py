@@ -33,16 +33,19 @@ def plateau_gain(history: Sequence[dict], task: Task, tail: float = 0.25) -> flo
     cut = steps[-1] * (1.0 - tail)
     before = [v for s, v in zip(steps, values) if s <= cut][-1]
     end = values[-1]
-    hib = dict((m.name, m.higher_is_better) for m in task.metrics)[task.main_metric]
-    gain = (end - before) if hib else (before - end)
+    gain = (end - before) if higher_is_better(task) else (before - end)
     return gain / max(abs(end), 1e-12)
+
+
+def higher_is_better(task: Task, metric: str | None = None) -> bool:
+    """The direction of ``metric`` (default: the task's main metric)."""
+    metric = metric or task.main_metric
+    return dict((m.name, m.higher_is_better) for m in task.metrics)[metric]
 
 
 def better(task: Task, a: float, b: float, metric: str | None = None) -> bool:
     """Is value ``a`` better than ``b`` on ``metric`` (default: the task's main metric)?"""
-    metric = metric or task.main_metric
-    hib = dict((m.name, m.higher_is_better) for m in task.metrics)[metric]
-    return a > b if hib else a < b
+    return a > b if higher_is_better(task, metric) else a < b
 
 
 def mean_saturation(images: Tensor) -> float:

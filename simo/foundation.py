@@ -38,6 +38,7 @@ from simo.config import Profile
 from simo.data import make_dataset
 from simo.data.scenes import AUX_FIELDS, render_scenes
 from simo.models import build_model
+from simo.models.encoder import build_encoder, file_sha256
 from simo.tasks import get_tasks
 from simo.train import Batch, Phase, SimMIM, evaluate, pick_device, retrain_heads, run_phases
 
@@ -143,14 +144,11 @@ def pretrained_foundation(profile: Profile, progress: bool = True) -> cache.Arti
     size = profile.data.image_size
 
     def compute(out: Path, partial: Path) -> None:
-        from simo.models.encoder import build_encoder
-
         t0 = time.perf_counter()
         data = pretraining_scenes(fd.n_scenes, size, progress=progress)
         val = pretraining_scenes(VAL_SCENES, size, seed=SCENE_SEED + 1, progress=False)
         render_s = time.perf_counter() - t0
         device = pick_device(profile.device)
-        torch.manual_seed(0)
         vit = build_encoder(dataclasses.replace(m, weights=None), size, seed=0).vit
         channels = 3 if fd.objective == "simmim" else sum(AUX_TARGETS.values())
         torch.manual_seed(0)
@@ -205,8 +203,6 @@ def release(profile: Profile, out: str | Path | None = None, progress: bool = Tr
 
 def write_release(profile: Profile, art: cache.Artifact, out: str | Path | None = None) -> Path:
     """Write the release files of a pretrained-foundation artifact (see :func:`release`)."""
-    from simo.models.encoder import file_sha256
-
     out = paths.repo_file(out or profile.foundation.out)
     # no metadata beyond the checksum: safetensors writes a header's keys in random order, and the
     # release must be the same bytes every time (the card says the rest)

@@ -13,14 +13,15 @@ from typing import Sequence
 
 from torch import Tensor
 
-from simo import cache, paths
+from simo import cache, jobs, paths
+from simo.analysis import curve, higher_is_better, mean_ci, select_on_validation
 from simo.config import Profile, with_settings
 from simo.errors import TaskError, one_of
 from simo.foundation import _CODE as _FOUNDATION_CODE, _config, probe
 from simo.models import build_model
+from simo.models.encoder import file_sha256
+from simo.pipeline import finetuned, merge_setup, pretrained
 from simo.tasks import Task, delta_mtl, get_tasks, normalized_performance
-
-_CODE = _FOUNDATION_CODE + ("transfer", "pipeline", "merging")
 
 INITS = ("foundation", "scratch", "weak")  # θ0 = the released encoder | random | the first study's
 
@@ -34,8 +35,6 @@ def weak_profile(profile: Profile) -> Profile:
 def finetune_run(profile: Profile, task: str, seed: int, init: str,
                  progress: bool = True) -> cache.Artifact:
     """The single-task finetune of ``task`` from one of :data:`INITS`, at the profile's budget."""
-    from simo.pipeline import finetuned
-
     if init not in INITS:
         raise TaskError(one_of(init, INITS, "init"))
     if init == "weak":
@@ -51,9 +50,6 @@ def longer_profile(profile: Profile) -> Profile:
 
 def evidence_jobs(profile: Profile, seeds: Sequence[int]) -> list:
     """Every run the evidence needs, weak θ0 first (its finetunes wait for it)."""
-    from simo import jobs
-    from simo.pipeline import finetuned, pretrained
-
     return ([jobs.job(pretrained, weak_profile(profile), progress=False)]
             + [jobs.job(finetune_run, profile, t, s, init, progress=False)
                for s in seeds for init in INITS for t in profile.tasks]
@@ -64,10 +60,8 @@ def evidence_jobs(profile: Profile, seeds: Sequence[int]) -> list:
 def steps_to_fraction(history: Sequence[dict], task: Task, frac: float = 0.95) -> int:
     """First recorded step whose main validation metric is within ``frac`` of the final value
     (in normalized terms: v/final for higher-is-better metrics, final/v for lower)."""
-    from simo.analysis import curve
-
     steps, values = curve(history, task.name, task.main_metric)
-    hib = dict((m.name, m.higher_is_better) for m in task.metrics)[task.main_metric]
+    hib = higher_is_better(task)
     final = values[-1]
     for s, v in zip(steps, values):
         ratio = v / final if hib else final / max(v, 1e-12)
@@ -87,9 +81,6 @@ def tv_norm_ratio(pretrained: dict[str, Tensor], finetuned: dict[str, Tensor]) -
 def ta_original_heads(profile: Profile, seed: int = 0) -> dict:
     """Task arithmetic with the original heads, λ chosen on val (the official protocol): the
     chosen λ and the test Δ_MTL (normalized convention) against the single-task models."""
-    from simo.analysis import select_on_validation
-    from simo.pipeline import merge_setup
-
     setup = merge_setup(profile, seed)
     single = {s: setup.evaluate("single_task", 0.0, s) for s in ("val", "test")}
 
@@ -108,8 +99,6 @@ def encoder_probe(profile: Profile, init: str, split: str = "test",
                   steps: int | None = None) -> dict[str, dict[str, float]]:
     """The frozen linear probe of θ0 (``init`` of :data:`INITS`), cached: how much of each task a
     head can read off the encoder before any finetuning (``steps``: foundation.probe_steps)."""
-    from simo.pipeline import pretrained
-
     p = weak_profile(profile) if init == "weak" else profile
     if init == "scratch":
         state, key = build_model(p, [], seed=0).encoder.vit.state_dict(), "random-seed-0"
@@ -141,29 +130,21 @@ def evidence(profile: Profile, seeds: Sequence[int]) -> dict:
     scratch and over the weak θ0 (% relative on the test main metric, mean and 95 % CI over
     ``seeds``), steps to 95 % of the final val metric and ‖τ‖/‖θ0‖; and, per θ0, task arithmetic
     with the original heads."""
-    from simo.analysis import mean_ci
-    from simo.models.encoder import file_sha256
-    from simo.pipeline import finetuned, pretrained
-
     tasks = get_tasks(list(profile.tasks), num_classes=profile.data.num_classes)
     runs = {(t.name, s, i): finetune_run(profile, t.name, s, i, progress=False)
             for t in tasks for s in seeds for i in INITS}
     probes = {i: encoder_probe(profile, i) for i in INITS}
     theta0 = pretrained(profile, progress=False).tensors()
+    weak0 = pretrained(weak_profile(profile), progress=False).tensors()
     out: dict = {"tasks": {}}
     for t in tasks:
-        hib = dict((m.name, m.higher_is_better) for m in t.metrics)[t.main_metric]
-
         def main(init: str, s: int) -> float:
             return runs[t.name, s, init].meta["test"][t.name][t.main_metric]
 
         def gain(other: str) -> dict:
-            rel = [(main("foundation", s) - main(other, s)) / main(other, s) * (1 if hib else -1)
-                   for s in seeds]
-            return mean_ci([100 * r for r in rel])
+            return mean_ci([gain_pct(t, main("foundation", s), main(other, s)) for s in seeds])
 
         ref = {t.name: runs[t.name, seeds[0], "foundation"].meta["test"][t.name]}
-        weak0 = pretrained(weak_profile(profile), progress=False).tensors()
         by_init = {
             "probe_points": {i: 100 * points(t, probes[i][t.name], ref[t.name]) for i in INITS},
             "steps_to_95pct": {i: steps_to_fraction(runs[t.name, seeds[0], i].meta["history"], t)
@@ -185,8 +166,7 @@ def evidence(profile: Profile, seeds: Sequence[int]) -> dict:
             "probe_points_finetuned_encoder": 100 * points(
                 t, finetuned_probe(profile, t.name, seeds[0])[t.name], ref[t.name]),
             # seed 0 against scratch at twice the steps: how much of the gain a longer run buys
-            "gain_vs_scratch_2x_steps_pct": 100 * (main("foundation", seeds[0]) - longer)
-            / longer * (1 if hib else -1),
+            "gain_vs_scratch_2x_steps_pct": gain_pct(t, main("foundation", seeds[0]), longer),
             "probe_points": by_init["probe_points"]["foundation"],
             "gain_vs_scratch_pct": gain("scratch"), "gain_vs_weak_pct": gain("weak"),
             "steps_to_95pct": by_init["steps_to_95pct"]["foundation"],
@@ -205,3 +185,8 @@ def evidence(profile: Profile, seeds: Sequence[int]) -> dict:
 def points(task: Task, metrics: dict[str, float], ref: dict[str, float]) -> float:
     """``metrics`` of one task as a fraction of ``ref`` (normalized performance, 1 = as good)."""
     return normalized_performance({task.name: metrics}, {task.name: ref}, [task])[task.name]
+
+
+def gain_pct(task: Task, value: float, ref: float) -> float:
+    """How much better ``value`` is than ``ref`` on the task's main metric, in % of ``ref``."""
+    return 100 * (value - ref) / ref * (1 if higher_is_better(task) else -1)
