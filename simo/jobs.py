@@ -28,7 +28,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
-from tqdm.auto import tqdm
+from simo.progress import tqdm
 
 from simo.errors import ConfigError, one_of
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from simo.progress import tqdm
 
 from simo import cache
 from simo.errors import TrainingError, one_of

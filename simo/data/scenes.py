@@ -739,7 +739,7 @@ def render_scenes(n: int, seed: int, size: int = 48, distribution: str = "task",
                        dtypes.get(k, np.float32)) for k in fields}
     starts = range(0, n, batch)
     if progress:
-        from tqdm.auto import tqdm
+        from simo.progress import tqdm
         starts = tqdm(starts, desc=f"render {distribution} scenes", unit="batch")
     for s in starts:
         e = min(n, s + batch)
