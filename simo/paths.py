@@ -13,6 +13,8 @@ NOTEBOOKS = ROOT / "notebooks"
 FIGURES = ROOT / "figures"
 BUILD = ROOT / "build"
 WEIGHTS = ROOT / "weights"  # released encoder weights (the embedded foundation θ0) + model cards
+EXECUTED = ROOT / "executed"  # the default run's executed notebooks, cleaned (committed)
+RUNS = BUILD / "runs"  # every run at non-default parameters: build/runs/<id>/<notebook>/
 
 
 def repo_file(path: str | Path) -> Path:
@@ -32,14 +34,19 @@ def cache_root() -> Path:
 TOP_LEVEL = ("tiny", "regime")
 
 
-def figures_dir(profile: str, notebook: str) -> Path:
+def figures_dir(profile: str, notebook: str, run: str | None = None) -> Path:
     """Where a notebook's figures go: committed for tiny and gpu, scratch space for smoke.
+
+    ``run`` (a :func:`simo.params.run_id`) marks a run at non-default parameters: it writes
+    ``build/runs/<run>/<notebook>/`` whatever the profile, so only default runs fill the gallery.
 
     tiny is the embedded default, so its figures sit at ``figures/<notebook>/`` (the README gallery),
     and so do regime's (notebook 06 only);
     any other profile writes under ``figures/<profile>/<notebook>/``, except smoke, which is a CI
     check and writes to ``build/`` so it never overwrites committed figures.
     """
+    if run is not None:
+        return RUNS / run / notebook
     if profile in TOP_LEVEL:
         return FIGURES / notebook
     if profile == "smoke":

@@ -21,7 +21,7 @@ import seaborn as sns  # noqa: E402
 
 from simo import paths  # noqa: E402
 
-_ACTIVE = {"profile": "tiny", "seed": 0}
+_ACTIVE: dict[str, Any] = {"profile": "tiny", "seed": 0, "run": None, "parameters": {}}
 WRITTEN: list[Path] = []  # figures written by this process (the runner's summary reads them)
 
 
@@ -31,19 +31,24 @@ def set_style() -> None:
                          "axes.titlesize": "medium"})
 
 
-def activate(profile: str, seed: int) -> None:
-    """Tell the helpers which profile's figure directory to use (set by notebook setup)."""
-    _ACTIVE.update(profile=profile, seed=seed)
+def activate(profile: str, seed: int, run: str | None = None,
+             parameters: Mapping[str, Any] | None = None) -> None:
+    """Tell the helpers which figure directory to use and what to record (set by notebook setup):
+    ``run`` is the id of a non-default run (it writes under ``build/runs/``), ``parameters`` every
+    parameter of the notebook, for the provenance."""
+    _ACTIVE.update(profile=profile, seed=seed, run=run, parameters=dict(parameters or {}))
 
 
 def figure_dir(notebook: str) -> Path:
-    d = paths.figures_dir(_ACTIVE["profile"], notebook)
+    d = paths.figures_dir(_ACTIVE["profile"], notebook, _ACTIVE["run"])
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def save_figure(fig: Any, notebook: str, name: str, pdf: bool = False) -> Path:
-    """Save ``fig`` as PNG (and PDF if asked) under the notebook's figure directory."""
+def save_figure(fig: Any, notebook: str, name: str, pdf: bool = False) -> None:
+    """Save ``fig`` as PNG (and PDF if asked) under the notebook's figure directory.
+
+    Returns nothing, so a cell that ends with this call echoes no path; ``WRITTEN`` lists them."""
     d = figure_dir(notebook)
     png = d / f"{name}.png"
     # provenance travels with the figure: a PNG text chunk, read back by any image tool
@@ -51,20 +56,31 @@ def save_figure(fig: Any, notebook: str, name: str, pdf: bool = False) -> Path:
     if pdf:
         fig.savefig(d / f"{name}.pdf", metadata={"CreationDate": None, "Producer": None})
     WRITTEN.append(png)
-    return png
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 @functools.lru_cache(maxsize=1)
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=paths.ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return _git("rev-parse", "--short=12", "HEAD") or "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def _dirty() -> bool | None:
+    """Whether the code differs from the commit (outputs that a run writes do not count)."""
+    out = _git("status", "--porcelain", "--", ".", ":(exclude)figures", ":(exclude)executed")
+    return None if out is None else bool(out)
 
 
 def provenance() -> dict[str, Any]:
-    """Where a result came from: code commit, package versions, device. No timestamps."""
+    """Where a result came from: code commit (and whether the tree had uncommitted changes), every
+    parameter of the run, package versions, device. No timestamps."""
     import numpy
     import timm
     import torch
@@ -72,7 +88,8 @@ def provenance() -> dict[str, Any]:
     import simo
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"git_commit": _commit(), "profile": _ACTIVE["profile"], "seed": _ACTIVE["seed"],
+    return {"git_commit": _commit(), "dirty": _dirty(), "profile": _ACTIVE["profile"],
+            "seed": _ACTIVE["seed"], "run": _ACTIVE["run"], "parameters": _ACTIVE["parameters"],
             "device": device, "machine": platform.machine(),
             "versions": {"simo": simo.__version__, "torch": torch.__version__,
                          "timm": timm.__version__, "numpy": numpy.__version__,

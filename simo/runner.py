@@ -5,13 +5,20 @@ what each needs first; the cache (not these tables) decides what is recomputed, 
 any moment (even ``kill -9``) resumes when rerun: finished artifacts are reused, half-written ones
 are never read. ``jobs=N`` runs up to N notebooks whose dependencies are done side by side and
 gives each notebook N job workers (:mod:`simo.jobs`); ``force=True`` recomputes every artifact once.
-Executed copies go to ``build/<profile>/`` (ignored by git); figures and results.json go where
-:func:`simo.paths.figures_dir` says.
+Parameters are checked against each notebook's declared types (:mod:`simo.params`) before any
+kernel starts. A run at the profile's exact defaults writes the gallery: figures and results.json
+where :func:`simo.paths.figures_dir` says and, for the study's own profiles, a cleaned executed copy
+in ``executed/`` (:mod:`simo.site`). Any other parameters write everything under
+``build/runs/<id>/``, and the runner says so. While a notebook runs, a heartbeat line every
+``HEARTBEAT`` seconds says which cell runs, for how long, the ETA from the last run's timings and
+the newest progress bar inside the kernel.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -19,9 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from simo import params as params_mod
 from simo import paths
 from simo.config import available_profiles
 from simo.errors import ConfigError, SimoError, one_of
+
+HEARTBEAT = 10.0  # seconds between progress lines of a running notebook
+KERNEL = "python3"  # this interpreter's own kernel: always the right one, registered or not
 
 # name -> one line on what it shows. Order = execution order (later notebooks reuse earlier work).
 NOTEBOOKS: dict[str, str] = {
@@ -57,6 +68,7 @@ class RunRecord:
     error: str = ""
     hits: int = 0  # cache entries reused
     misses: int = 0  # cache entries computed
+    figures_dir: Path | None = None  # where its figures and results.json went
 
 
 def select(only: Sequence[str] | None) -> list[str]:
@@ -72,43 +84,190 @@ def select(only: Sequence[str] | None) -> list[str]:
     return [n for n in NOTEBOOKS if n in chosen]
 
 
-def check_parameters(notebook: str, params: Mapping[str, Any]) -> None:
-    """Reject parameters that the notebook's ``parameters`` cell does not declare."""
-    import papermill
+def check_parameters(notebook: str, params: Mapping[str, Any], text: bool = False
+                     ) -> dict[str, Any]:
+    """The parameters checked against the notebook's declarations (one-line error), normalized;
+    ``text=True`` parses command-line strings by the declared types."""
+    return params_mod.validate(notebook, params, text=text)
 
-    declared = papermill.inspect_notebook(str(paths.NOTEBOOKS / f"{notebook}.ipynb"))
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        raise ConfigError(f"unknown parameter {unknown[0]!r} for notebook {notebook}; valid: "
-                          f"{', '.join(declared)}")
+
+def destination(notebook: str, profile: str, params: Mapping[str, Any]) -> tuple[str | None, Path]:
+    """(run id or None for a default run, figure directory) of a run with these parameters."""
+    changed = params_mod.changes(notebook, params)
+    run = params_mod.run_id(profile, changed) if changed else None
+    return run, paths.figures_dir(profile, notebook, run)
 
 
 def run_notebook(notebook: str, profile: str, params: Mapping[str, Any] | None = None,
-                 out_dir: Path | None = None, progress: bool = False) -> RunRecord:
-    """Execute one notebook with papermill; a failure becomes a record naming the failing cell."""
+                 out_dir: Path | None = None, progress: bool = True,
+                 text: bool = False) -> RunRecord:
+    """Execute one notebook with papermill; a failure becomes a record naming the failing cell.
+
+    A default run of a gallery profile also publishes its cleaned copy to ``executed/``.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    params = {"profile": profile, **(params or {})}
-    check_parameters(notebook, params)
-    out_dir = out_dir or paths.BUILD / profile
+    params = check_parameters(notebook, {"profile": profile, **(params or {})}, text=text)
+    run, fig_dir = destination(notebook, profile, params)
+    out_dir = out_dir or (paths.RUNS / run if run else paths.BUILD / profile)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig_dir = paths.figures_dir(profile, notebook)
+    if run:
+        _say(f"{notebook}: parameters differ from the defaults: writing under "
+             f"{_rel(fig_dir.parent)}/ (figures/ keeps the default run)")
     before = _mtimes(fig_dir)
     t0 = time.perf_counter()
     status, error = "ok", ""
+    out = out_dir / f"{notebook}.ipynb"
+    watch = Watch(notebook, profile, echo=progress)
+    saved = os.environ.get("SIMO_PROGRESS")
+    os.environ["SIMO_PROGRESS"] = "text"  # the kernel inherits it: text bars, relayed by Watch
     try:
-        papermill.execute_notebook(str(paths.NOTEBOOKS / f"{notebook}.ipynb"),
-                                   str(out_dir / f"{notebook}.ipynb"), parameters=params,
-                                   cwd=str(paths.NOTEBOOKS), kernel_name="python3",
-                                   progress_bar=progress, log_output=False)
+        with watch:
+            papermill.execute_notebook(str(paths.NOTEBOOKS / f"{notebook}.ipynb"), str(out),
+                                       parameters=params, cwd=str(paths.NOTEBOOKS),
+                                       kernel_name=KERNEL, engine_name="simo", watch=watch,
+                                       progress_bar=False, log_output=False)
     except PapermillExecutionError as e:
         status = "failed"
         error = f"cell {e.exec_count}: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}"
+    finally:
+        if saved is None:
+            os.environ.pop("SIMO_PROGRESS", None)
+        else:
+            os.environ["SIMO_PROGRESS"] = saved
+    if status == "ok":
+        watch.save_timings()
+        if run is None and profile in paths.TOP_LEVEL:
+            from simo import site
+
+            site.publish(out, paths.EXECUTED / out.name)
     after = _mtimes(fig_dir)
     changed = sum(1 for p, m in after.items() if before.get(p) != m)
     hits, misses = cache_events(notebook)
-    return RunRecord(notebook, status, time.perf_counter() - t0, changed, error, hits, misses)
+    return RunRecord(notebook, status, time.perf_counter() - t0, changed, error, hits, misses,
+                     fig_dir)
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.relative_to(paths.ROOT))
+    except ValueError:
+        return str(p)
+
+
+_PRINT = threading.Lock()
+
+
+def _say(line: str) -> None:
+    with _PRINT:
+        print(f"[simo] {line}", flush=True)
+
+
+class Watch:
+    """Follows one notebook's execution: the cell running, the newest progress-bar line on the
+    kernel's stderr, and a heartbeat line every ``HEARTBEAT`` s with an ETA from the last run's
+    per-cell timings (``<cache>/timings/<profile>/<notebook>.json``)."""
+
+    def __init__(self, notebook: str, profile: str, echo: bool = True) -> None:
+        self.notebook, self.profile, self.echo = notebook, profile, echo
+        self.cell, self.n_cells, self.bar = -1, 0, ""
+        self.t0 = self.cell_t0 = time.perf_counter()
+        self.seconds: dict[int, float] = {}
+        self.last = self._load()
+        self._stop = threading.Event()
+
+    @property
+    def timings_file(self) -> Path:
+        return paths.cache_root() / "timings" / self.profile / f"{self.notebook}.json"
+
+    def _load(self) -> list[float] | None:
+        try:
+            return [float(x) for x in json.loads(self.timings_file.read_text())]
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save_timings(self) -> None:
+        from simo.cache import save_json
+
+        save_json(self.timings_file, [round(self.seconds.get(i, 0.0), 2) for i in range(self.n_cells)])
+
+    # papermill hooks (see _Engine) -------------------------------------------------------------
+    def started(self, index: int, n_cells: int) -> None:
+        self.cell, self.n_cells, self.cell_t0, self.bar = index, n_cells, time.perf_counter(), ""
+
+    def finished(self, index: int) -> None:
+        self.seconds[index] = time.perf_counter() - self.cell_t0
+
+    def write(self, text: str) -> int:  # the kernel's stderr: keep the newest progress-bar line
+        for part in reversed(re.split(r"[\r\n]+", text)):
+            if re.search(r"\d+%\||\d+/\d+ \[", part):
+                self.bar = part.strip()
+                break
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    # heartbeat ----------------------------------------------------------------------------------
+    def eta(self) -> float | None:
+        """Seconds left, by the last run's timings of the cells still to come."""
+        if not self.last or len(self.last) != self.n_cells or self.cell < 0:
+            return None
+        in_cell = time.perf_counter() - self.cell_t0
+        return max(self.last[self.cell] - in_cell, 0.0) + sum(self.last[self.cell + 1:])
+
+    def line(self) -> str:
+        eta = self.eta()
+        text = (f"{self.notebook}: cell {self.cell + 1}/{self.n_cells}, "
+                f"{_clock(time.perf_counter() - self.t0)} elapsed, "
+                + (f"ETA {_clock(eta)} (last run's timings)" if eta is not None
+                   else "no ETA yet (first run at this profile)"))
+        return text + (f" | {self.bar}" if self.bar else "")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            if self.echo and self.cell >= 0:
+                _say(self.line())
+
+    def __enter__(self) -> "Watch":
+        threading.Thread(target=self._beat, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _register_engine() -> None:
+    """papermill's nbclient engine, with the cell hooks and stderr relay that ``Watch`` reads."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class _Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, watch: Watch | None = None,
+                                     **kwargs: Any) -> Any:
+            if watch is not None:
+                start, done = nb_man.cell_start, nb_man.cell_complete
+                n = len(nb_man.nb.cells)
+
+                def cell_start(cell: Any, cell_index: int | None = None, **kw: Any) -> Any:
+                    watch.started(cell_index or 0, n)
+                    return start(cell, cell_index, **kw)
+
+                def cell_complete(cell: Any, cell_index: int | None = None, **kw: Any) -> Any:
+                    watch.finished(cell_index or 0)
+                    return done(cell, cell_index, **kw)
+
+                nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
+                kwargs["stderr_file"] = watch
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register("simo", _Engine)
 
 
 def cache_events(notebook: str) -> tuple[int, int]:
@@ -137,7 +296,7 @@ def _mtimes(d: Path) -> dict[Path, float]:
 
 def run_all(profile: str, only: Sequence[str] | None = None,
             params: Mapping[str, Any] | None = None, jobs: int | None = None,
-            force: bool = False) -> list[RunRecord]:
+            force: bool = False, text: bool = False) -> list[RunRecord]:
     """Run the selected notebooks, each after what it depends on; stop launching at a failure.
 
     ``jobs`` (N > 1): up to N independent notebooks at once, and ``jobs.workers = N`` inside each.
@@ -149,6 +308,8 @@ def run_all(profile: str, only: Sequence[str] | None = None,
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     chosen = [nb for nb in select(only) if only or _applies(nb, profile)]
     params = dict(params or {})
+    for nb in chosen:  # every value checked before any kernel starts
+        check_parameters(nb, {"profile": profile, **params}, text=text)
     if jobs is not None:
         params["overrides"] = {**(params.get("overrides") or {}), "jobs.workers": jobs}
     saved = {k: os.environ.get(k) for k in ("SIMO_RUN", "SIMO_FORCE")}
@@ -157,7 +318,7 @@ def run_all(profile: str, only: Sequence[str] | None = None,
     if force:
         os.environ["SIMO_FORCE"] = "1"
     try:
-        return _run_in_order(profile, chosen, params, jobs or 1)
+        return _run_in_order(profile, chosen, params, jobs or 1, text)
     finally:  # the kernels inherited them; this process goes back to how it was
         from simo.cache import events_file
 
@@ -184,17 +345,14 @@ def _applies(notebook: str, profile: str) -> bool:
 
 
 def _run_in_order(profile: str, chosen: list[str], params: Mapping[str, Any],
-                  jobs: int) -> list[RunRecord]:
+                  jobs: int, text: bool = False) -> list[RunRecord]:
     """Launch each notebook once its dependencies are done, at most ``jobs`` at a time."""
     records: dict[str, RunRecord] = {}
-    lock = threading.Lock()
 
     def one(nb: str) -> RunRecord:
-        with lock:
-            print(f"[simo] running {nb} ({profile}) ...", flush=True)
-        rec = run_notebook(nb, profile, params)
-        with lock:
-            print(f"[simo] {nb}: {rec.status} in {rec.seconds:.0f} s", flush=True)
+        _say(f"running {nb} ({profile}) ...")
+        rec = run_notebook(nb, profile, params, text=text)
+        _say(f"{nb}: {rec.status} in {rec.seconds:.0f} s")
         return rec
 
     todo = list(chosen)
@@ -229,7 +387,7 @@ def summary(records: Sequence[RunRecord]) -> str:
 
 
 def parse_value(text: str) -> Any:
-    """Papermill-style ``-p key value``: YAML scalars (``3``, ``0.5``, ``null``, ``[a, b]``)."""
+    """A profile override's value (``-o key value``): YAML (``3``, ``0.5``, ``null``, ``[a, b]``)."""
     import yaml
 
     try:
@@ -238,4 +396,5 @@ def parse_value(text: str) -> Any:
         return text
 
 
+_register_engine()
 __all__ = ["DEPENDS", "NOTEBOOKS", "RunRecord", "run_all", "run_notebook", "select", "summary", "SimoError"]
