@@ -4,12 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup figures foundation regimes figures-smoke test bench clean
+KERNEL := simo-study
+# jupyter refuses to run as root unless told (containers, CI machines)
+ROOT_OK := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: setup figures foundation regimes figures-smoke test bench lab site site-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -qq --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" > /dev/null
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)            ## create .venv and install (skips what is already installed)
@@ -32,6 +37,16 @@ test: $(STAMP)             ## unit tests + every notebook executed on the smoke 
 bench: $(STAMP)            ## speed/memory benchmarks (ratios against a baseline in the same run)
 	$(BIN)/python benchmarks/merge_speed.py
 	$(BIN)/python benchmarks/step_time.py
+
+lab: $(STAMP)              ## register the notebooks' kernel (simo-study) for this user and open JupyterLab on notebooks/
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python ($(KERNEL))"
+	$(BIN)/jupyter lab $(ROOT_OK) --notebook-dir=notebooks $(LAB_ARGS)
+
+site: $(STAMP)             ## render the executed notebooks (executed/) as a static site in build/site/
+	$(BIN)/python -m simo site
+
+site-check: $(STAMP)       ## build the site, open every page in headless Chromium, screenshot each
+	$(BIN)/python -m simo site --check
 
 clean:                     ## remove caches and executed notebooks (keeps .venv and figures/)
 	rm -rf .cache build

@@ -114,7 +114,7 @@ def from_text(p: Param, text: str) -> Any:
         return None
     if p.base.startswith("list["):
         if text.strip().startswith("["):
-            return coerce(p, yaml.safe_load(text))
+            return coerce(p, _yaml(text))
         items = [s.strip() for s in text.split(",") if s.strip()]
         return coerce(p, items if p.base == "list[str]" else [_yaml(s) for s in items])
     return coerce(p, text if p.base == "str" else _yaml(text))

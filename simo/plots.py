@@ -173,22 +173,324 @@ def sample_grid(rows: Sequence[dict], fields: Sequence[str], num_classes: int = 
     return fig
 
 
+# ----------------------------------------------------------------------------------------------
+# one readable label per plotted quantity: name, unit and direction (never a raw key on an axis)
+# ----------------------------------------------------------------------------------------------
+HIGHER, LOWER = "higher is better", "lower is better"
+# metric key -> (readable name, unit, direction); a task metric's direction is checked against
+# simo.tasks by the tests, and metric_label(task=...) takes it from the task itself
+METRIC_LABELS: dict[str, tuple[str, str, str | None]] = {
+    "miou": ("mIoU", "", HIGHER),
+    "pixel_acc": ("pixel accuracy", "", HIGHER),
+    "abs_err": ("abs. error", "", LOWER),
+    "rel_err": ("rel. error", "", LOWER),
+    "mean_angle": ("mean angle", "°", LOWER),
+    "median_angle": ("median angle", "°", LOWER),
+    "within_11_25": ("pixels within 11.25°", "%", HIGHER),
+    "within_22_5": ("pixels within 22.5°", "%", HIGHER),
+    "within_30": ("pixels within 30°", "%", HIGHER),
+    "f1": ("F1", "", HIGHER),
+    "l1": ("L1 error", "", LOWER),
+    "psnr": ("PSNR", "dB", HIGHER),
+    # summaries the notebooks plot
+    "points": ("normalized points", "", "100 = single-task model; higher is better"),
+    "normalized_perf": ("normalized perf.", "", "1 = single-task model; higher is better"),
+    "progress": ("main metric / its final value", "", "1 = final; higher is better"),
+    "gap": ("gap: joint MTL − best realigned merge", "Δ_MTL points",
+            "lower: realignment closer"),
+    "transfer": ("transfer M", "", "1 = reaches the single-task model; higher is better"),
+    "affinity": ("pair affinity A", "%", "> 0: training together helps"),
+    "cka": ("linear CKA to the single-task features", "", "1 = same up to rotation and scale"),
+    "cosine": ("cosine to the single-task features", "", "1 = identical"),
+    "tv_cosine": ("task-vector cosine", "", "1 = same direction"),
+    # measures of notebook 06 (simo.regimes.measures)
+    "tv_norm": ("task-vector size ‖τ‖/‖θ0‖", "", None),
+    "cka_last": ("last-block CKA, merged vs single-task", "", "1 = same up to rotation and scale"),
+    "cosine_last": ("last-block cosine, merged vs single-task", "", "1 = identical"),
+    "probe": ("probe: Δ_MTL of θ0 with realigned heads", "%", HIGHER),
+}
+_DELTA_NAMES = {"normalized": "Δ_MTL (normalized perf.)", "relative": "Δm (relative change)"}
+_SPLITS = {"val": "val", "test": "test", "train": "train"}
+
+
+def metric_label(metric: str, split: str | None = None, task: str | None = None,
+                 convention: str = "normalized") -> str:
+    """The axis label of a plotted quantity: readable name, split, unit and direction.
+
+    ``metric_label("mean_angle", "val", "normals")`` -> ``"normals mean angle on val, ° (lower is
+    better)"``; ``metric_label("delta_mtl", "test")`` -> ``"Δ_MTL (normalized perf.) on test, %
+    (higher is better)"`` (``convention`` names Δ_MTL's convention, as ``simo.tasks.delta_label``).
+    A task metric's direction comes from the task itself when ``task`` is given.
+    """
+    if metric in ("delta_mtl", "delta"):
+        from simo.tasks import delta_label
+
+        delta_label(convention)  # a one-line error for an unknown convention
+        name, unit, direction = _DELTA_NAMES[convention], "%", HIGHER
+    elif metric in METRIC_LABELS:
+        name, unit, direction = METRIC_LABELS[metric]
+    else:
+        raise KeyError(f"no readable label for {metric!r}; add it to plots.METRIC_LABELS "
+                       f"(known: {', '.join(sorted(METRIC_LABELS))})")
+    if task is not None:
+        name = f"{task} {name}"
+        try:
+            from simo.tasks import get_task
+
+            hib = {m.name: m.higher_is_better for m in get_task(task).metrics}.get(metric)
+        except Exception:  # a task this build does not know: keep the table's direction
+            hib = None
+        if hib is not None:
+            direction = HIGHER if hib else LOWER
+    where = f" on {_SPLITS.get(split, split)}" if split else ""
+    unit = f", {unit}" if unit else ""
+    return f"{name}{where}{unit}" + (f" ({direction})" if direction else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# one style per task and per method: colour (colorblind palette) + marker + linestyle, so the same
+# thing looks the same in every figure and two close colours differ by marker and linestyle too
+# ----------------------------------------------------------------------------------------------
+PALETTE: list[str] = sns.color_palette("colorblind").as_hex()
+_B, _O, _G, _V, _P, _BR, _PK, _GR, _Y, _LB = PALETTE  # blue orange green vermilion purple brown
+#                                                     pink grey yellow light-blue
+
+
+def _s(color: str, marker: str, linestyle: str, label: str) -> dict[str, str]:
+    return {"color": color, "marker": marker, "linestyle": linestyle, "label": label}
+
+
+TASK_STYLE: dict[str, dict[str, str]] = {
+    "segmentation": _s(_B, "o", "-", "segmentation"),
+    "depth": _s(_O, "s", "-", "depth"),
+    "normals": _s(_G, "^", "-", "normals"),
+    "edges": _s(_P, "D", "--", "edges"),
+    "keypoints": _s(_V, "v", "-.", "keypoints"),
+    "autoencoder": _s(_BR, "P", ":", "autoencoder"),
+    "disparity": _s(_LB, "X", "--", "disparity"),
+    "parts": _s(_PK, "h", "-.", "parts"),
+}
+METHOD_STYLE: dict[str, dict[str, str]] = {
+    # merges (02, 03, 06) and what realignment makes of them; joint MTL is the black reference
+    "joint_mtl": _s("black", "*", "-", "joint MTL"),
+    "task_arithmetic": _s(_B, "o", "-", "task arithmetic"),
+    "task_arithmetic+head": _s(_G, "o", "--", "task arithmetic + head realign."),
+    "task_arithmetic+repr": _s(_V, "o", "-.", "task arithmetic + repr. realign."),
+    "ties": _s(_O, "s", "-", "TIES"),
+    "ties+head": _s(_P, "s", "--", "TIES + head realign."),
+    "ties+repr": _s(_LB, "s", "-.", "TIES + repr. realign."),
+    "weight_average": _s(_GR, "X", "-", "weight averaging"),
+    "dare": _s(_LB, "D", "--", "DARE"),
+    "tall_mask": _s(_BR, "^", "--", "TALL masks"),
+    "consensus": _s(_PK, "P", "--", "consensus"),
+    "lines": _s(_P, "v", "-", "LiNeS"),
+    "fisher": _s(_G, "h", ":", "Fisher"),
+    # starting points of finetuning (01)
+    "foundation": _s(_B, "o", "-", "foundation θ0"),
+    "weak": _s(_G, "^", "--", "weak θ0 (SimMIM)"),
+    "scratch": _s(_O, "s", ":", "scratch"),
+    # previews (05) and the real weighted finetuning they preview
+    "adamw": _s("black", "o", "-", "weighted finetuning (AdamW)"),
+    "ivon": _s(_GR, "o", "--", "weighted finetuning (IVON)"),
+    "isotropic": _s(_B, "^", ":", "isotropic (weighted avg.)"),
+    "adamw_sg": _s(_O, "s", "--", "AdamW-SG"),
+    "ivon_hess": _s(_G, "o", "-", "IVON-Hess"),
+    "multi_ivon_hess": _s(_P, "D", "-.", "MultiIVON-Hess"),
+}
+# variants of one method drawn as bars: the fill tells them apart, the colour stays the method's
+VARIANT_FILL: dict[str, dict[str, Any]] = {
+    "original": {"fill": False, "hatch": None, "label": "original heads"},
+    "original_lambda": {"fill": True, "hatch": "///", "label": "realigned, original λ"},
+    "realigned_lambda": {"fill": True, "hatch": None, "label": "realigned, λ re-selected"},
+}
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_")
+
+
+def style(name: str, kind: str = "line", label: str | None = None) -> dict[str, Any]:
+    """Matplotlib keywords of a task or method (``TASK_STYLE``, ``METHOD_STYLE``), for ``kind``:
+    ``line`` (plot: color, marker, linestyle, label), ``points`` (scatter-like plot / errorbar: no
+    line), ``bar`` (color, label) or ``scatter`` (c, marker, label). ``label`` overrides the name.
+
+    ``ax.plot(x, y, **plots.style("depth"))``; ``ax.bar(x, h, **plots.style("ties", "bar"))``."""
+    k = _key(name)
+    s = TASK_STYLE.get(k) or METHOD_STYLE.get(k)
+    if s is None:
+        raise KeyError(f"no style for {name!r}; add it to plots.TASK_STYLE or plots.METHOD_STYLE")
+    out = dict(s, label=label if label is not None else s["label"])
+    if kind == "line":
+        return out
+    if kind == "points":
+        return dict(out, linestyle="none")
+    if kind == "bar":
+        return {"color": out["color"], "label": out["label"]}
+    if kind == "scatter":
+        return {"c": out["color"], "marker": out["marker"], "label": out["label"]}
+    raise ValueError(f"kind must be line, points, bar or scatter, not {kind!r}")
+
+
+def display_name(name: str) -> str:
+    """The readable name of a task or method key (``task_arithmetic+repr`` -> ``task arithmetic +
+    repr. realign.``); unknown names come back unchanged."""
+    k = _key(name)
+    s = TASK_STYLE.get(k) or METHOD_STYLE.get(k)
+    return s["label"] if s else name
+
+
+_SERIES = [(c, m) for c, m in zip(PALETTE[:8] + [_LB], "osD^vPXh*")]
+
+
+def series_style(i: int, label: str | None = None, line: bool = True) -> dict[str, Any]:
+    """The ``i``-th style of a generic series (knob values, task pairs, seeds): colour and marker
+    both change from one to the next, so neighbours never differ by a close colour alone."""
+    color, marker = _SERIES[i % len(_SERIES)]
+    out: dict[str, Any] = {"color": color, "marker": marker, "label": label}
+    out["linestyle"] = ("-", "--", "-.", ":")[(i // 2) % 4] if line else "none"
+    return out
+
+
+def bar_variant(variant: str, color: str, **kw: Any) -> dict[str, Any]:
+    """``ax.bar`` keywords of one variant (``VARIANT_FILL``) in a method's ``color``: outline only
+    (original heads), hatched, or solid."""
+    v = VARIANT_FILL[variant]
+    if not v["fill"]:
+        return {"facecolor": "white", "edgecolor": color, "linewidth": 1.4, **kw}
+    return {"facecolor": color, "edgecolor": "white" if v["hatch"] else color,
+            "hatch": v["hatch"], "linewidth": 0.5, **kw}
+
+
+def variant_legend(ax: Any, variants: Sequence[str], **kw: Any) -> Any:
+    """A legend of bar variants (grey swatches of ``bar_variant``) plus the axis' own handles."""
+    from matplotlib.patches import Patch
+
+    handles, labels = ax.get_legend_handles_labels()
+    swatches = [Patch(**bar_variant(v, "#555555"), label=VARIANT_FILL[v]["label"]) for v in variants]
+    return ax.legend(handles=swatches + handles, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# axes: reference lines with their label, integer block numbers, readable log ticks, seed spread
+# ----------------------------------------------------------------------------------------------
+def reference_line(ax: Any, y: float, text: str, color: str = "0.3", ls: str = "--",
+                   headroom: float = 0.12, **kw: Any) -> None:
+    """A horizontal reference (a ceiling, a target, the paper's margin) with its label written on
+    it, and room above it: the y-limits grow so the line never sits on the frame."""
+    ax.axhline(y, color=color, ls=ls, lw=1, **kw)
+    lo, hi = ax.get_ylim()
+    pad = headroom * ((max(hi, y) - min(lo, y)) or 1.0)
+    ax.set_ylim(min(lo, y - pad), max(hi, y + pad))
+    ax.annotate(text, (1.0, y), xycoords=("axes fraction", "data"), xytext=(-3, 2),
+                textcoords="offset points", ha="right", va="bottom", fontsize=7, color=color)
+
+
+def block_axis(ax: Any, n_blocks: int, label: str = "block", axis: str = "x") -> None:
+    """Integer block numbers 1..L on ``axis`` (the data must be plotted at 1..L)."""
+    ticks = list(range(1, n_blocks + 1))
+    if axis == "x":
+        ax.set_xticks(ticks)
+        ax.set_xlabel(label)
+    else:
+        ax.set_yticks(ticks)
+        ax.set_ylabel(label)
+
+
+def block_name(key: str) -> str:
+    """``block 0`` … ``block L-1`` (0-based group names of the code) -> ``block 1`` … ``block L``."""
+    parts = key.split()
+    return f"block {int(parts[1]) + 1}" if len(parts) == 2 and parts[0] == "block" else key
+
+
+def log_axis(ax: Any, axis: str = "x") -> None:
+    """Log scale with plain-number major ticks at 1, 2 and 5 × 10^k and no minor labels, so tick
+    labels never pile up (matplotlib labels minor ticks like 2×10^2, 3×10^2 over narrow ranges)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    which.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    which.set_minor_formatter(NullFormatter())
+
+
+def seed_points(ax: Any, x: float, values: Sequence[float], color: str, marker: str = "o",
+                width: float = 0.1, **kw: Any) -> None:
+    """One small point per seed around ``x`` (spread over ``width`` so equal values stay
+    visible): the spread behind a mean."""
+    import numpy as np
+
+    vals = [float(v) for v in values]
+    xs = x + (np.linspace(-width / 2, width / 2, len(vals)) if len(vals) > 1 else np.zeros(1))
+    ax.scatter(xs, vals, s=12, c=color, marker=marker, edgecolors="white", linewidths=0.4,
+               zorder=4, **kw)
+
+
+def label_points(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
+                 fontsize: float = 6.5, **kw: Any) -> list[Any]:
+    """Write ``texts`` next to points without piling them up: each label takes the first of
+    several offsets around its point whose box overlaps no label already placed (a thin leader
+    line joins a label set further off). Returns the text artists."""
+    fig = ax.figure
+    fig.canvas.draw()  # the renderer measures the boxes
+    renderer = fig.canvas.get_renderer()
+    offsets = [(4, 4), (4, -10), (-4, 4), (-4, -10), (8, 14), (8, -20), (-8, 14), (-8, -20),
+               (14, 0), (-14, 0), (0, 22), (0, -28)]
+    placed, out = [], []
+    for x, y, text in sorted(zip(xs, ys, texts), key=lambda p: (p[1], p[0])):
+        for k, (dx, dy) in enumerate(offsets):
+            t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                            ha="left" if dx >= 0 else "right", fontsize=fontsize,
+                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"}
+                            if k >= 4 else None, **kw)
+            box = t.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(b) for b in placed) or k == len(offsets) - 1:
+                placed.append(box)
+                out.append(t)
+                break
+            t.remove()
+    return out
+
+
 def heatmap(ax: Any, matrix: Mapping[str, Mapping[str, float]], names: Sequence[str], title: str,
-            fmt: str = ".2f", xlabel: str | None = None, ylabel: str | None = None) -> None:
+            fmt: str = ".2f", xlabel: str | None = None, ylabel: str | None = None,
+            diagonal: str = "show", cbar_label: str | None = None, colorbar: bool = True) -> Any:
     """A task × task matrix (rows: first key) with its values written in the cells; diverging
-    colours centred at 0, so the sign is what the eye reads first. NaN cells stay blank."""
+    colours centred at 0, so the sign is what the eye reads first, and a colorbar (``cbar_label``).
+    NaN cells stay blank.
+
+    ``diagonal``: ``show`` colours the diagonal like any cell; ``grey`` writes its values on grey
+    cells and ``mask`` leaves them blank, and both scale the colours to the off-diagonal values
+    only (a diagonal of ones would wash them out). Returns the colorbar (or None)."""
     import numpy as np
 
     values = np.array([[matrix[a].get(b, np.nan) for b in names] for a in names], dtype=float)
-    lim = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
-    ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    if diagonal not in ("show", "grey", "mask"):
+        raise ValueError(f"diagonal must be show, grey or mask, not {diagonal!r}")
+    off = ~np.eye(len(names), dtype=bool)
+    scaled = values if diagonal == "show" else np.where(off, values, np.nan)
+    lim = float(np.nanmax(np.abs(scaled))) if np.isfinite(scaled).any() else 1.0
+    lim = lim or 1.0
+    im = ax.imshow(np.ma.masked_invalid(scaled), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    if diagonal == "grey":
+        ax.imshow(np.ma.masked_where(off, np.ones_like(values)), cmap="Greys", vmin=0, vmax=4)
     for i in range(len(names)):
         for j in range(len(names)):
-            if np.isfinite(values[i, j]):
-                dark = abs(values[i, j]) > 0.6 * lim
+            if np.isfinite(values[i, j]) and not (i == j and diagonal == "mask"):
+                diag = i == j and diagonal == "grey"
+                dark = not diag and abs(values[i, j]) > 0.6 * lim
                 ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black")
+                        color="0.35" if diag else "white" if dark else "black")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(False)
+    if not colorbar:
+        return None
+    cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    label = cbar_label or ""
+    if diagonal != "show":
+        label += ("\n" if label else "") + "(colours: off-diagonal cells)"
+    cb.set_label(label, fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    return cb

@@ -114,23 +114,6 @@ def test_failing_notebook_names_cell_and_error(nb_cache, tmp_path):
     assert "DataError" in rec.error and "data_root" in rec.error and "\n" not in rec.error
 
 
-@pytest.mark.parametrize("notebook", list(runner.NOTEBOOKS))
-def test_every_parameter_is_visible_to_papermill(notebook):
-    """papermill silently drops a parameter whose comment it cannot parse (e.g. one with '=');
-    the runner would then reject it as unknown. Every assignment must be inspectable."""
-    import ast
-
-    import nbformat
-    import papermill
-
-    nb = nbformat.read(paths.NOTEBOOKS / f"{notebook}.ipynb", as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
-    assigned = [n.targets[0].id for n in ast.parse(cells[0].source).body if isinstance(n, ast.Assign)]
-    assert list(papermill.inspect_notebook(str(paths.NOTEBOOKS / f"{notebook}.ipynb"))) == assigned
-    assert "profile" in assigned and ("seed" in assigned or "seeds" in assigned)
-
-
 def test_same_profile_and_seed_give_identical_results(nb_cache, tmp_path, monkeypatch):
     """Determinism: 01 rerun from an empty cache writes byte-identical results.json."""
     res = paths.figures_dir("smoke", "01_pretrain_and_finetune") / "results.json"
@@ -170,7 +153,8 @@ def test_notebook_02_runs_on_the_nyuv2_fixture(nb_env):
         "methods": ["task_arithmetic", "weight_average"], "ada_steps": 2},
         out_dir=nb_env / "build")
     assert rec.status == "ok", rec.error
-    res = json.loads((paths.figures_dir("smoke", "02_misalignment") / "results.json").read_text())
+    assert "runs" in rec.figures_dir.parts  # non-default parameters never write the gallery
+    res = json.loads((rec.figures_dir / "results.json").read_text())
     assert set(res["single_task_test"]) == {"segmentation", "depth", "normals"}
     assert set(res["lambda"]["original_heads"]) == {"task_arithmetic", "weight_average"}
     assert (nb_env / "cache" / "weights").is_dir()  # the encoder came from the weights file

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 
-from simo import paths
+from simo import paths, runner
 
 NB = "01_pretrain_and_finetune"
 # long enough to be caught mid-run, with a resumable checkpoint every 10 steps
+OVERRIDES = {"finetune.steps": 120, "finetune.ckpt_every": 10, "finetune.eval_every": 40}
 ARGS = [sys.executable, "-m", "simo", "figures", "--profile", "smoke", "--only", "01",
-        "-p", "overrides", "{finetune.steps: 120, finetune.ckpt_every: 10, finetune.eval_every: 40}"]
+        *[a for k, v in OVERRIDES.items() for a in ("-o", k, str(v))]]
 
 
 def _run(cache, **kw):
@@ -24,7 +25,10 @@ def _run(cache, **kw):
 
 
 def _results() -> dict:
-    res = json.loads((paths.figures_dir("smoke", NB) / "results.json").read_text())
+    # non-default parameters: the run writes under build/runs/<id>/
+    _, where = runner.destination(NB, "smoke", {"profile": "smoke", "overrides": OVERRIDES})
+    assert "runs" in where.parts
+    res = json.loads((where / "results.json").read_text())
     res.pop("meta")  # provenance (commit, versions) is the same; timestamps are not the point
     return res
 

@@ -57,7 +57,7 @@ def test_parallel_run_starts_a_notebook_only_after_its_dependencies(monkeypatch)
 
     log, lock = [], threading.Lock()
 
-    def fake(nb, profile, params=None, out_dir=None, progress=False):
+    def fake(nb, profile, params=None, **kw):
         with lock:
             log.append(("start", nb))
         time.sleep(0.05)
@@ -78,7 +78,7 @@ def test_parallel_run_starts_a_notebook_only_after_its_dependencies(monkeypatch)
 
 
 def test_a_failure_stops_launching_dependents(monkeypatch):
-    def fake(nb, profile, params=None, out_dir=None, progress=False):
+    def fake(nb, profile, params=None, **kw):
         return runner.RunRecord(nb, "failed" if nb.startswith("01") else "ok", 0.0, 0, "x")
 
     monkeypatch.setattr(runner, "run_notebook", fake)
@@ -86,11 +86,17 @@ def test_a_failure_stops_launching_dependents(monkeypatch):
                                                               "01_pretrain_and_finetune"]
 
 
-def test_summary_counts_cache_hits_and_force_recomputes(tmp_cache, tmp_path):
+def test_summary_counts_cache_hits_and_force_recomputes(tmp_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "HEARTBEAT", 1.0)
     first = runner.run_all("smoke", only=["00"])[0]
     assert first.status == "ok" and first.misses > 0
+    beats = [ln for ln in capsys.readouterr().out.splitlines() if "elapsed" in ln]
+    assert len(beats) >= first.seconds / 1.0 - 3, "a running notebook prints a line per heartbeat"
+    assert all(ln.startswith("[simo] 00_data_and_tasks: cell ") for ln in beats)
+    assert "no ETA yet" in beats[0]
     again = runner.run_all("smoke", only=["00"])[0]
     assert again.misses == 0 and again.hits > 0
+    assert (tmp_cache / "timings" / "smoke" / "00_data_and_tasks.json").is_file()
     forced = runner.run_all("smoke", only=["00"], force=True)[0]
     assert forced.misses == first.misses
     assert "cache hits" in runner.summary([again]).splitlines()[0]
@@ -106,3 +112,24 @@ def test_run_leaves_the_callers_environment_as_it_was(monkeypatch):
     monkeypatch.delenv("SIMO_RUN", raising=False)
     runner.run_all("smoke", only=["00"], force=True)
     assert "SIMO_FORCE" not in os.environ and "SIMO_RUN" not in os.environ
+
+
+def test_watch_relays_the_newest_progress_bar_and_estimates_from_last_timings(tmp_cache):
+    w = runner.Watch("00_data_and_tasks", "smoke", echo=False)
+    w.started(0, 3)
+    w.write("finetune depth:  10%|#         | 6/60 [00:01<00:09]\rfinetune depth:  20%|##  | 12/60")
+    w.write("a warning without a bar\n")
+    assert w.bar.startswith("finetune depth:  20%|##")
+    assert "cell 1/3" in w.line() and "no ETA yet" in w.line() and w.bar in w.line()
+    w.finished(0)
+    w.started(1, 3)
+    w.finished(1)
+    w.started(2, 3)
+    w.finished(2)
+    w.save_timings()
+    w2 = runner.Watch("00_data_and_tasks", "smoke", echo=False)
+    assert w2.last is not None and len(w2.last) == 3
+    w2.last = [10.0, 20.0, 30.0]
+    w2.started(1, 3)
+    assert 49.0 < w2.eta() <= 50.0  # what is left of cell 2 (20 s) + cell 3 (30 s)
+    assert "ETA 49s" in w2.line() or "ETA 50s" in w2.line()
