@@ -18,20 +18,22 @@ def main(argv: list[str] | None = None) -> int:
     from simo import params, runner
     from simo.config import available_profiles
 
-    ap = argparse.ArgumentParser(prog="python -m simo", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m simo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     fig = sub.add_parser("figures", help="regenerate figures by running the notebooks")
-    fig.add_argument("--profile", default="tiny", help=f"one of {available_profiles()}")
+    fig.add_argument("--profile", default="tiny", help=f"one of {available_profiles()} "
+                     "(default: tiny, the embedded default that writes the gallery)")
     fig.add_argument("--only", nargs="*", help="notebook names or prefixes, e.g. 00 01")
     fig.add_argument("--jobs", type=int, default=None, metavar="N",
                      help="run up to N independent notebooks at once, each with N job workers")
     fig.add_argument("--force", action="store_true", help="recompute every cached artifact once")
     fig.add_argument("-p", "--param", nargs="+", action="append", default=[],
-                     metavar="NAME VALUE", help="notebook parameter, e.g. -p seed 1 or "
+                     metavar=("NAME", "VALUE"), help="notebook parameter, e.g. -p seed 1 or "
                      "-p methods task_arithmetic,ties (lists: comma-separated; repeatable; "
                      "see `python -m simo params NB`)")
     fig.add_argument("-o", "--override", nargs="+", action="append", default=[],
-                     metavar="KEY VALUE", help="dotted profile setting for every notebook, e.g. "
+                     metavar=("KEY", "VALUE"), help="dotted profile setting for every notebook, e.g. "
                      "-o finetune.steps 750 (repeatable; merged into the overrides parameter)")
     fnd = sub.add_parser("foundation", help="pretrain (or resume) the foundation encoder and "
                                             "write its release: weights + model card")
@@ -39,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     fnd.add_argument("--out", default=None, help="weights file (default: the profile's "
                                                  "foundation.out)")
     fnd.add_argument("-o", "--override", nargs="+", action="append", default=[],
-                     metavar="KEY VALUE", help="dotted profile setting, e.g. "
+                     metavar=("KEY", "VALUE"), help="dotted profile setting, e.g. "
                                                "-o foundation.steps 500 (repeatable)")
-    sub.add_parser("list", help="list the notebooks in pipeline order")
+    sub.add_parser("list", help="list the notebooks in pipeline order (their parameters: "
+                                "python -m simo params NB)")
     prm = sub.add_parser("params", help="list a notebook's parameters: type, default, what it does")
     prm.add_argument("notebook", help="a notebook name or prefix, e.g. 02")
     site = sub.add_parser("site", help="render executed/ into build/site/ (make site)")

@@ -214,13 +214,14 @@ _SPLITS = {"val": "val", "test": "test", "train": "train"}
 
 
 def metric_label(metric: str, split: str | None = None, task: str | None = None,
-                 convention: str = "normalized") -> str:
+                 convention: str = "normalized", wrap: bool = False) -> str:
     """The axis label of a plotted quantity: readable name, split, unit and direction.
 
     ``metric_label("mean_angle", "val", "normals")`` -> ``"normals mean angle on val, ° (lower is
     better)"``; ``metric_label("delta_mtl", "test")`` -> ``"Δ_MTL (normalized perf.) on test, %
     (higher is better)"`` (``convention`` names Δ_MTL's convention, as ``simo.tasks.delta_label``).
-    A task metric's direction comes from the task itself when ``task`` is given.
+    A task metric's direction comes from the task itself when ``task`` is given; ``wrap`` puts
+    the direction on a second line (for a narrow axis).
     """
     if metric in ("delta_mtl", "delta"):
         from simo.tasks import delta_label
@@ -244,7 +245,7 @@ def metric_label(metric: str, split: str | None = None, task: str | None = None,
             direction = HIGHER if hib else LOWER
     where = f" on {_SPLITS.get(split, split)}" if split else ""
     unit = f", {unit}" if unit else ""
-    return f"{name}{where}{unit}" + (f" ({direction})" if direction else "")
+    return f"{name}{where}{unit}" + (f"{chr(10) if wrap else ' '}({direction})" if direction else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,8 +301,8 @@ METHOD_STYLE: dict[str, dict[str, str]] = {
 # variants of one method drawn as bars: the fill tells them apart, the colour stays the method's
 VARIANT_FILL: dict[str, dict[str, Any]] = {
     "original": {"fill": False, "hatch": None, "label": "original heads"},
-    "original_lambda": {"fill": True, "hatch": "///", "label": "realigned, original λ"},
-    "realigned_lambda": {"fill": True, "hatch": None, "label": "realigned, λ re-selected"},
+    "original_lambda": {"fill": True, "hatch": "///", "label": "λ chosen with the original heads"},
+    "realigned_lambda": {"fill": True, "hatch": None, "label": "λ re-selected after realignment"},
 }
 
 
@@ -361,12 +362,15 @@ def bar_variant(variant: str, color: str, **kw: Any) -> dict[str, Any]:
             "hatch": v["hatch"], "linewidth": 0.5, **kw}
 
 
-def variant_legend(ax: Any, variants: Sequence[str], **kw: Any) -> Any:
-    """A legend of bar variants (grey swatches of ``bar_variant``) plus the axis' own handles."""
+def variant_legend(ax: Any, variants: Sequence[str] | Mapping[str, str], **kw: Any) -> Any:
+    """A legend of bar variants (grey swatches of ``bar_variant``; a mapping gives each its own
+    label) followed by the axis' own labelled handles."""
     from matplotlib.patches import Patch
 
-    handles, labels = ax.get_legend_handles_labels()
-    swatches = [Patch(**bar_variant(v, "#555555"), label=VARIANT_FILL[v]["label"]) for v in variants]
+    labels = variants if isinstance(variants, Mapping) else {v: VARIANT_FILL[v]["label"]
+                                                             for v in variants}
+    handles, _ = ax.get_legend_handles_labels()
+    swatches = [Patch(**bar_variant(v, "#555555"), label=text) for v, text in labels.items()]
     return ax.legend(handles=swatches + handles, **kw)
 
 
@@ -382,7 +386,8 @@ def reference_line(ax: Any, y: float, text: str, color: str = "0.3", ls: str = "
     pad = headroom * ((max(hi, y) - min(lo, y)) or 1.0)
     ax.set_ylim(min(lo, y - pad), max(hi, y + pad))
     ax.annotate(text, (1.0, y), xycoords=("axes fraction", "data"), xytext=(-3, 2),
-                textcoords="offset points", ha="right", va="bottom", fontsize=7, color=color)
+                textcoords="offset points", ha="right", va="bottom", fontsize=7, color=color,
+                bbox={"fc": "white", "ec": "none", "alpha": 0.75, "pad": 0.4})
 
 
 def block_axis(ax: Any, n_blocks: int, label: str = "block", axis: str = "x") -> None:
@@ -414,15 +419,18 @@ def log_axis(ax: Any, axis: str = "x") -> None:
     which.set_minor_formatter(NullFormatter())
 
 
-def seed_points(ax: Any, x: float, values: Sequence[float], color: str, marker: str = "o",
-                width: float = 0.1, **kw: Any) -> None:
-    """One small point per seed around ``x`` (spread over ``width`` so equal values stay
-    visible): the spread behind a mean."""
+def seed_points(ax: Any, xs: Sequence[float], values: Sequence[Sequence[float]], color: str,
+                marker: str = "o", width: float = 0.1, **kw: Any) -> None:
+    """The spread behind a mean: at each ``xs[i]``, one small point per seed of ``values[i]``,
+    spread over ``width`` so that equal values stay visible (``kw`` go to ``ax.scatter``, once)."""
     import numpy as np
 
-    vals = [float(v) for v in values]
-    xs = x + (np.linspace(-width / 2, width / 2, len(vals)) if len(vals) > 1 else np.zeros(1))
-    ax.scatter(xs, vals, s=12, c=color, marker=marker, edgecolors="white", linewidths=0.4,
+    px, py = [], []
+    for x, vals in zip(xs, values):
+        vals = [float(v) for v in vals]
+        px += list(x + (np.linspace(-width / 2, width / 2, len(vals)) if len(vals) > 1 else [0.0]))
+        py += vals
+    ax.scatter(px, py, s=12, c=color, marker=marker, edgecolors="white", linewidths=0.4,
                zorder=4, **kw)
 
 
