@@ -27,9 +27,12 @@ from typing import Any, Callable, Mapping
 from simo import paths
 from simo.errors import ConfigError, one_of
 
-# overrides that change how a run executes, never what it computes (the cache makes results
-# independent of them), so a run with them still counts as a default run
-EXECUTION_ONLY = frozenset({"jobs.workers"})
+# what changes where or how a run executes, never what it computes, so a run with them still
+# counts as a default run: overrides of the ``jobs`` section (workers, executor, SLURM settings;
+# the cache makes results independent of them) and ``data_root`` (where a real dataset lies on
+# this machine: a gpu-<dataset> profile's gallery needs it, and every machine spells it its own way)
+EXECUTION_ONLY_PREFIXES = ("jobs.",)
+LOCATION_PARAMS = frozenset({"data_root"})
 _SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}
 _NONE_TEXT = ("none", "null", "~")
 
@@ -250,15 +253,15 @@ def defaults(notebook: str) -> dict[str, Any]:
 
 
 def changes(notebook: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The values that differ from the declared defaults (the profile aside); overrides that only
-    change execution (``EXECUTION_ONLY``) do not count."""
+    """The values that differ from the declared defaults (the profile aside); what only changes
+    where or how the run executes (``jobs.*`` overrides, ``data_root``) does not count."""
     out = {}
     for name, default in defaults(notebook).items():
-        if name == "profile" or name not in values:
+        if name == "profile" or name in LOCATION_PARAMS or name not in values:
             continue
         v = values[name]
         if name == "overrides":
-            v = {k: x for k, x in (v or {}).items() if k not in EXECUTION_ONLY}
+            v = {k: x for k, x in (v or {}).items() if not k.startswith(EXECUTION_ONLY_PREFIXES)}
             default = dict(default or {})
         if v != default:
             out[name] = v

@@ -109,6 +109,7 @@ def run_notebook(notebook: str, profile: str, params: Mapping[str, Any] | None =
     from papermill.exceptions import PapermillExecutionError
 
     params = check_parameters(notebook, {"profile": profile, **(params or {})}, text=text)
+    profile = params["profile"]  # `-p profile X` wins over the positional default, everywhere
     run, fig_dir = destination(notebook, profile, params)
     out_dir = out_dir or (paths.RUNS / run if run else paths.BUILD / profile)
     out_dir.mkdir(parents=True, exist_ok=True)

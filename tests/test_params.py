@@ -105,7 +105,8 @@ def test_changes_and_run_ids():
     nb = "00_data_and_tasks"
     assert params.changes(nb, {"profile": "smoke", "seed": 0, "overrides": {}}) == {}
     # execution-only settings do not make a run non-default
-    assert params.changes(nb, {"overrides": {"jobs.workers": 4}}) == {}
+    assert params.changes(nb, {"overrides": {"jobs.workers": 4, "jobs.executor": "slurm"}}) == {}
+    assert params.changes(nb, {"data_root": "/data/nyuv2"}) == {}  # where the data lies
     assert params.changes(nb, {"seed": 1}) == {"seed": 1}
     assert params.run_id("tiny", {"seed": 1}) == "tiny-seed1"
     rid = params.run_id("tiny", {"overrides": {"finetune.steps": 750}})
@@ -150,3 +151,15 @@ def test_cli_parses_lists_and_fails_before_any_kernel(monkeypatch, capsys):
         err = capsys.readouterr().err.strip()
         assert msg in err and "\n" not in err
     assert not seen, "a bad value started a notebook"
+
+
+def test_a_profile_given_as_a_parameter_decides_where_the_run_writes(monkeypatch, tmp_cache):
+    """`--profile tiny -p profile smoke` runs smoke, so it must neither write nor publish as tiny."""
+    import papermill
+
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: calls.append(k["parameters"]))
+    monkeypatch.setattr("simo.site.publish", lambda *a: pytest.fail("published a smoke run"))
+    rec = runner.run_notebook("00_data_and_tasks", "tiny", {"profile": "smoke"})
+    assert calls[0]["profile"] == "smoke"
+    assert rec.figures_dir == paths.figures_dir("smoke", "00_data_and_tasks")
