@@ -193,35 +193,39 @@ METRIC_LABELS: dict[str, tuple[str, str, str | None]] = {
     "l1": ("L1 error", "", LOWER),
     "psnr": ("PSNR", "dB", HIGHER),
     # summaries the notebooks plot
-    "points": ("normalized points", "", "100 = single-task model; higher is better"),
-    "normalized_perf": ("normalized perf.", "", "1 = single-task model; higher is better"),
+    "points": ("normalized points", "", "100 = single-task; higher is better"),
+    "normalized_perf": ("normalized perf.", "", "1 = single-task; higher is better"),
     "progress": ("main metric / its final value", "", "1 = final; higher is better"),
-    "gap": ("gap: joint MTL − best realigned merge", "Δ_MTL points",
-            "lower: realignment closer"),
-    "transfer": ("transfer M", "", "1 = reaches the single-task model; higher is better"),
+    "gap": ("gap to joint MTL", "Δ_MTL points", "lower: realignment closer"),
+    "transfer": ("transfer M", "", "1 = as good as single-task; higher is better"),
     "affinity": ("pair affinity A", "%", "> 0: training together helps"),
-    "cka": ("linear CKA to the single-task features", "", "1 = same up to rotation and scale"),
-    "cosine": ("cosine to the single-task features", "", "1 = identical"),
+    "cka": ("linear CKA to single-task", "", "1 = same up to rotation/scale"),
+    "cosine": ("cosine to single-task", "", "1 = identical features"),
     "tv_cosine": ("task-vector cosine", "", "1 = same direction"),
     # measures of notebook 06 (simo.regimes.measures)
     "tv_norm": ("task-vector size ‖τ‖/‖θ0‖", "", None),
-    "cka_last": ("last-block CKA, merged vs single-task", "", "1 = same up to rotation and scale"),
+    "cka_last": ("last-block CKA, merged vs single-task", "", "1 = same up to rotation/scale"),
     "cosine_last": ("last-block cosine, merged vs single-task", "", "1 = identical"),
     "probe": ("probe: Δ_MTL of θ0 with realigned heads", "%", HIGHER),
+    # how well a preview (05) matches real weighted finetuning
+    "mae": ("preview MAE over α and tasks", "points", LOWER),
+    "mean_points": ("mean points over tasks", "", "100 = single-task; higher is better"),
 }
 _DELTA_NAMES = {"normalized": "Δ_MTL (normalized perf.)", "relative": "Δm (relative change)"}
 _SPLITS = {"val": "val", "test": "test", "train": "train"}
 
 
 def metric_label(metric: str, split: str | None = None, task: str | None = None,
-                 convention: str = "normalized", wrap: bool = False) -> str:
+                 convention: str = "normalized", wrap: bool = False,
+                 detail: str | None = None) -> str:
     """The axis label of a plotted quantity: readable name, split, unit and direction.
 
     ``metric_label("mean_angle", "val", "normals")`` -> ``"normals mean angle on val, ° (lower is
     better)"``; ``metric_label("delta_mtl", "test")`` -> ``"Δ_MTL (normalized perf.) on test, %
     (higher is better)"`` (``convention`` names Δ_MTL's convention, as ``simo.tasks.delta_label``).
-    A task metric's direction comes from the task itself when ``task`` is given; ``wrap`` puts
-    the direction on a second line (for a narrow axis).
+    A task metric's direction comes from the task itself when ``task`` is given; ``detail``
+    qualifies the name (``transfer M (original heads)``); ``wrap`` puts the direction on a second
+    line (for a narrow axis).
     """
     if metric in ("delta_mtl", "delta"):
         from simo.tasks import delta_label
@@ -243,6 +247,8 @@ def metric_label(metric: str, split: str | None = None, task: str | None = None,
             hib = None
         if hib is not None:
             direction = HIGHER if hib else LOWER
+    if detail:
+        name = f"{name} ({detail})"
     where = f" on {_SPLITS.get(split, split)}" if split else ""
     unit = f", {unit}" if unit else ""
     return f"{name}{where}{unit}" + (f"{chr(10) if wrap else ' '}({direction})" if direction else "")
@@ -274,6 +280,7 @@ TASK_STYLE: dict[str, dict[str, str]] = {
 METHOD_STYLE: dict[str, dict[str, str]] = {
     # merges (02, 03, 06) and what realignment makes of them; joint MTL is the black reference
     "joint_mtl": _s("black", "*", "-", "joint MTL"),
+    "single_task": _s(_GR, "o", "--", "single-task"),
     "task_arithmetic": _s(_B, "o", "-", "task arithmetic"),
     "task_arithmetic+head": _s(_G, "o", "--", "task arithmetic + head realign."),
     "task_arithmetic+repr": _s(_V, "o", "-.", "task arithmetic + repr. realign."),
@@ -303,11 +310,12 @@ VARIANT_FILL: dict[str, dict[str, Any]] = {
     "original": {"fill": False, "hatch": None, "label": "original heads"},
     "original_lambda": {"fill": True, "hatch": "///", "label": "λ chosen with the original heads"},
     "realigned_lambda": {"fill": True, "hatch": None, "label": "λ re-selected after realignment"},
+    "realigned": {"fill": True, "hatch": None, "label": "heads realigned"},
 }
 
 
 def _key(name: str) -> str:
-    return name.strip().lower().replace(" ", "_")
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
 def style(name: str, kind: str = "line", label: str | None = None) -> dict[str, Any]:
@@ -408,13 +416,21 @@ def block_name(key: str) -> str:
 
 
 def log_axis(ax: Any, axis: str = "x") -> None:
-    """Log scale with plain-number major ticks at 1, 2 and 5 × 10^k and no minor labels, so tick
-    labels never pile up (matplotlib labels minor ticks like 2×10^2, 3×10^2 over narrow ranges)."""
+    """Log scale with plain-number major ticks and no minor labels, so tick labels never pile up
+    (matplotlib labels minor ticks like 2×10^2, 3×10^2 over narrow ranges): the sparsest of
+    1, {1, 2, 5}, {1, 2, 3, 5, 7} or 1..9 × 10^k that puts three labels in view. Call it after
+    plotting (it reads the limits)."""
+    import numpy as np
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    which = ax.xaxis if axis == "x" else ax.yaxis
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-    which.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0), tuple(np.arange(1.0, 10.0))):
+        ticks = LogLocator(base=10, subs=subs).tick_values(lo, hi)
+        if ((ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))).sum() >= 3:
+            break
+    which.set_major_locator(LogLocator(base=10, subs=subs))
     which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     which.set_minor_formatter(NullFormatter())
 
@@ -428,7 +444,7 @@ def seed_points(ax: Any, xs: Sequence[float], values: Sequence[Sequence[float]],
     px, py = [], []
     for x, vals in zip(xs, values):
         vals = [float(v) for v in vals]
-        px += list(x + (np.linspace(-width / 2, width / 2, len(vals)) if len(vals) > 1 else [0.0]))
+        px += list(x + (np.linspace(-width / 2, width / 2, len(vals)) if len(vals) > 1 else np.zeros(1)))
         py += vals
     ax.scatter(px, py, s=12, c=color, marker=marker, edgecolors="white", linewidths=0.4,
                zorder=4, **kw)
@@ -436,28 +452,95 @@ def seed_points(ax: Any, xs: Sequence[float], values: Sequence[Sequence[float]],
 
 def label_points(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
                  fontsize: float = 6.5, **kw: Any) -> list[Any]:
-    """Write ``texts`` next to points without piling them up: each label takes the first of
-    several offsets around its point whose box overlaps no label already placed (a thin leader
-    line joins a label set further off). Returns the text artists."""
+    """Write ``texts`` next to points without piling them up. Points that coincide on screen
+    share one label (their texts joined by `` / ``); each label takes the first of a ring of
+    offsets around its point, nearest first, whose box stays inside the axes and overlaps no
+    other label, no labelled point and no text already there (a reference line's label); if
+    none is free, the one with the fewest overlaps. A thin leader line joins a label set further
+    off. Returns the text artists."""
+    import numpy as np
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
     fig = ax.figure
-    fig.canvas.draw()  # the renderer measures the boxes
+    fig.canvas.draw()  # the renderer measures the boxes, and the limits are final
     renderer = fig.canvas.get_renderer()
-    offsets = [(4, 4), (4, -10), (-4, 4), (-4, -10), (8, 14), (8, -20), (-8, 14), (-8, -20),
-               (14, 0), (-14, 0), (0, 22), (0, -28)]
-    placed, out = [], []
-    for x, y, text in sorted(zip(xs, ys, texts), key=lambda p: (p[1], p[0])):
+    groups: dict[tuple[int, int], tuple[float, float, list[str]]] = {}
+    for x, y, text in zip(xs, ys, texts):
+        px, py = ax.transData.transform((x, y))
+        key = (round(px / 4), round(py / 4))  # within ~4 px: the same place on screen
+        groups.setdefault(key, (x, y, []))[2].append(text)
+    offsets = [(4, 4), (4, -10), (-4, 4), (-4, -10)] + [  # then rings further and further off
+        (round(r * np.cos(a)), round(r * np.sin(a)) - 3)
+        for r in (16, 28, 42, 60, 80, 105, 135) for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)]
+    frame = ax.get_window_extent(renderer)
+    placed = [t.get_window_extent(renderer) for t in ax.texts]
+    # every drawn data point (markers of lines, scatters) is an obstacle too, labelled or not
+    xy = [np.column_stack(ln.get_data()) for ln in ax.lines if ln.get_marker() not in ("", "None")]
+    xy += [c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets")
+           and c.get_transform() == ax.transData]
+    xy = [np.asarray(a, dtype=float) for a in xy if len(a)] + [np.array([[x, y] for x, y, _ in
+                                                                     groups.values()])]
+    points = [Bbox.from_bounds(*(p - 3), 6, 6) for p in ax.transData.transform(np.vstack(xy))
+              if np.isfinite(p).all()]
+    out = []
+    for x, y, parts in sorted(groups.values(), key=lambda g: (g[1], g[0])):
+        text, best = " / ".join(dict.fromkeys(parts)), None
         for k, (dx, dy) in enumerate(offsets):
             t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                             ha="left" if dx >= 0 else "right", fontsize=fontsize,
-                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"}
+                            arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.35"}
                             if k >= 4 else None, **kw)
-            box = t.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(b) for b in placed) or k == len(offsets) - 1:
-                placed.append(box)
-                out.append(t)
+            t.update_positions(renderer)
+            box = Text.get_window_extent(t, renderer).expanded(1.04, 1.15)  # without the leader
+            outside = not (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0
+                           and box.y1 <= frame.y1)
+            cost = 10 * outside + sum(box.overlaps(b) for b in placed + points)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t, box)
+            else:
+                t.remove()
+            if cost == 0:
                 break
-            t.remove()
+        placed.append(best[2])
+        out.append(best[1])
     return out
+
+
+def mean_band(ax: Any, x: Sequence[float], ys: Any, style: Mapping[str, Any], curve: bool = True,
+              shift: float = 0.0, **kw: Any) -> None:
+    """Seeds (rows of ``ys``) against ``x``: the mean as a line with a min-max band (``curve``),
+    or as points with min-max bars moved by ``shift`` along x (many points share an x)."""
+    import numpy as np
+
+    ys = np.atleast_2d(np.asarray(ys, dtype=float))
+    mean = ys.mean(0)
+    if curve:
+        ax.plot(x, mean, lw=1.3, ms=4, **style, **kw)
+        if len(ys) > 1:
+            ax.fill_between(x, ys.min(0), ys.max(0), color=style["color"], alpha=0.15, lw=0)
+    else:
+        ax.errorbar(np.asarray(x) + shift, mean, yerr=[mean - ys.min(0), ys.max(0) - mean], ms=4,
+                    lw=0.8, **{**style, "linestyle": "none"}, **kw)
+
+
+def progress_curve(history: Sequence[Mapping], tasks: Sequence[Any]) -> tuple[Any, Any]:
+    """Fraction of training (x) and the mean over ``tasks`` of the validation main metric as a
+    fraction of its final value (y; a lower-is-better metric inverted, so 1 = final, higher is
+    better): how far a run is from its plateau."""
+    import numpy as np
+
+    from simo import analysis
+
+    rows = []
+    for t in tasks:
+        steps, vals = analysis.curve(history, t.name, t.main_metric)
+        final = vals[-1]
+        hib = analysis.better(t, 1.0, 0.0)  # higher is better
+        rows.append([v / final if hib else final / v for v in vals])
+    return np.array(steps) / steps[-1], np.mean(rows, axis=0)
 
 
 def heatmap(ax: Any, matrix: Mapping[str, Mapping[str, float]], names: Sequence[str], title: str,
@@ -502,3 +585,29 @@ def heatmap(ax: Any, matrix: Mapping[str, Mapping[str, float]], names: Sequence[
     cb.set_label(label, fontsize=8)
     cb.ax.tick_params(labelsize=7)
     return cb
+
+
+def live_preview(names: Sequence[str], alphas: Sequence[Sequence[float]],
+                 truth: Mapping[str, Sequence[float]], grid: Mapping[str, Sequence[float]],
+                 alpha: Sequence[float], live: Mapping[str, Mapping[str, Any]], method: str) -> Any:
+    """The live preview of notebook 05: per task, its points against its own weight α_t for real
+    weighted finetuning (``truth``) and the static preview grid (``grid``, realigned heads), with
+    the live reading at ``alpha`` (``live[heads][task]``: original and realigned heads) on top."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 2.9), squeeze=False)
+    color = style(method)["color"]
+    for k, (ax, t) in enumerate(zip(axes[0], names)):
+        x = np.array([a[k] for a in alphas])
+        order = np.argsort(x, kind="stable")
+        ax.plot(x[order], np.asarray(truth[t])[order], lw=1.5, ms=3,
+                **style("adamw", label="ground truth"))
+        ax.plot(x[order], np.asarray(grid[t])[order], lw=1, ms=3,
+                **style(method, label="preview grid (realigned)"))
+        for h, marker in (("original", "*"), ("realigned", "P")):
+            ax.scatter([alpha[k]], live[h][t], marker=marker, s=120, zorder=4, c=color,
+                       edgecolors="k" if h == "original" else "white", label=f"live, {h} heads")
+        ax.set(title=t, xlabel=f"weight α_{t}")
+    axes[0, 0].set_ylabel(metric_label("points", wrap=True), fontsize=8)
+    axes[0, 0].legend(fontsize=6)
+    return fig
