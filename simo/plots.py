@@ -418,7 +418,7 @@ def block_name(key: str) -> str:
 def log_axis(ax: Any, axis: str = "x") -> None:
     """Log scale with plain-number major ticks and no minor labels, so tick labels never pile up
     (matplotlib labels minor ticks like 2×10^2, 3×10^2 over narrow ranges): the sparsest of
-    1, {1, 2, 5}, {1, 2, 3, 5, 7} or 1..9 × 10^k that puts three labels in view. Call it after
+    1, {1, 3}, {1, 2, 5}, {1, 2, 3, 5, 7} or 1..9 × 10^k that puts three labels in view. Call it after
     plotting (it reads the limits)."""
     import numpy as np
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -426,7 +426,8 @@ def log_axis(ax: Any, axis: str = "x") -> None:
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     which = ax.xaxis if axis == "x" else ax.yaxis
     lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
-    for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0), tuple(np.arange(1.0, 10.0))):
+    for subs in ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0),
+                 tuple(np.arange(1.0, 10.0))):
         ticks = LogLocator(base=10, subs=subs).tick_values(lo, hi)
         if ((ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))).sum() >= 3:
             break

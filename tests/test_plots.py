@@ -154,6 +154,20 @@ def test_log_axis_labels_plain_numbers_without_minor_labels():
     plt.close(fig)
 
 
+def test_log_axis_labels_do_not_overlap_on_a_narrow_panel():
+    """03's efficiency panel: 15 to 2500 steps on a third of a figure."""
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.plot([15, 2500], [0, 1])
+    plots.log_axis(ax, "x")
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    boxes = sorted((t.get_window_extent() for t in ax.get_xticklabels()
+                    if t.get_text() and lo <= t.get_position()[0] <= hi), key=lambda b: b.x0)
+    assert len(boxes) >= 3
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
+    plt.close(fig)
+
+
 def test_block_numbers_are_integers_from_one():
     fig, ax = plt.subplots()
     ax.plot([1, 2, 3, 4], [0, 1, 0, 1])
