@@ -432,8 +432,16 @@ def log_axis(ax: Any, axis: str = "x") -> None:
         if ((ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))).sum() >= 3:
             break
     which.set_major_locator(LogLocator(base=10, subs=subs))
-    which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    which.set_major_formatter(FuncFormatter(_short_number))
     which.set_minor_formatter(NullFormatter())
+
+
+def _short_number(v: float, _pos: Any = None) -> str:
+    """Tick text that stays short: 0.5, 20, 300, 1k, 3k, 20k, 1M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:g}{suffix}"
+    return f"{v:g}"
 
 
 def seed_points(ax: Any, xs: Sequence[float], values: Sequence[Sequence[float]], color: str,
