@@ -37,6 +37,7 @@ def activate(profile: str, seed: int, run: str | None = None,
     ``run`` is the id of a non-default run (it writes under ``build/runs/``), ``parameters`` every
     parameter of the notebook, for the provenance."""
     _ACTIVE.update(profile=profile, seed=seed, run=run, parameters=dict(parameters or {}))
+    _commit(), _dirty()  # read now: the code that runs is the code at setup, not at the first save
 
 
 def figure_dir(notebook: str) -> Path:
