@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -121,8 +120,8 @@ def run_notebook(notebook: str, profile: str, params: Mapping[str, Any] | None =
     status, error = "ok", ""
     out = out_dir / f"{notebook}.ipynb"
     watch = Watch(notebook, profile, echo=progress)
-    saved = os.environ.get("SIMO_PROGRESS")
-    os.environ["SIMO_PROGRESS"] = "text"  # the kernel inherits it: text bars, relayed by Watch
+    ours = "SIMO_PROGRESS" not in os.environ  # run_all sets it once, before its threads start
+    os.environ.setdefault("SIMO_PROGRESS", "text")  # the kernel inherits it: text bars for Watch
     try:
         with watch:
             papermill.execute_notebook(str(paths.NOTEBOOKS / f"{notebook}.ipynb"), str(out),
@@ -133,10 +132,8 @@ def run_notebook(notebook: str, profile: str, params: Mapping[str, Any] | None =
         status = "failed"
         error = f"cell {e.exec_count}: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}"
     finally:
-        if saved is None:
+        if ours:
             os.environ.pop("SIMO_PROGRESS", None)
-        else:
-            os.environ["SIMO_PROGRESS"] = saved
     if status == "ok":
         watch.save_timings()
         if run is None and profile in paths.TOP_LEVEL:
@@ -313,8 +310,9 @@ def run_all(profile: str, only: Sequence[str] | None = None,
         check_parameters(nb, {"profile": profile, **params}, text=text)
     if jobs is not None:
         params["overrides"] = {**(params.get("overrides") or {}), "jobs.workers": jobs}
-    saved = {k: os.environ.get(k) for k in ("SIMO_RUN", "SIMO_FORCE")}
+    saved = {k: os.environ.get(k) for k in ("SIMO_RUN", "SIMO_FORCE", "SIMO_PROGRESS")}
     os.environ["SIMO_RUN"] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    os.environ["SIMO_PROGRESS"] = "text"
     os.environ.pop("SIMO_FORCE", None)
     if force:
         os.environ["SIMO_FORCE"] = "1"

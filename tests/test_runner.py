@@ -110,8 +110,9 @@ def test_run_leaves_the_callers_environment_as_it_was(monkeypatch):
                         lambda nb, *a, **k: runner.RunRecord(nb, "ok", 0.0, 0))
     monkeypatch.delenv("SIMO_FORCE", raising=False)
     monkeypatch.delenv("SIMO_RUN", raising=False)
+    monkeypatch.delenv("SIMO_PROGRESS", raising=False)
     runner.run_all("smoke", only=["00"], force=True)
-    assert "SIMO_FORCE" not in os.environ and "SIMO_RUN" not in os.environ
+    assert not {"SIMO_FORCE", "SIMO_RUN", "SIMO_PROGRESS"} & set(os.environ)
 
 
 def test_watch_relays_the_newest_progress_bar_and_estimates_from_last_timings(tmp_cache):
