@@ -142,30 +142,32 @@ def test_heatmap_greys_the_diagonal_scales_to_off_diagonal_values_and_has_a_colo
     plt.close("all")
 
 
-def test_log_axis_labels_plain_numbers_without_minor_labels():
-    fig, ax = plt.subplots(figsize=(4, 3))
-    ax.plot([200, 1000], [0, 1])
+def _log_axis_labels(span, figsize):
+    """The visible major tick labels of ``plots.log_axis`` over ``span`` (and the minor ones)."""
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.plot(span, [0, 1])
     plots.log_axis(ax, "x")
     fig.canvas.draw()
     lo, hi = ax.get_xlim()
-    shown = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
-    assert {"200", "500", "1k"} <= set(shown) and not any("10^" in s or "times" in s for s in shown)
-    assert all(t.get_text() == "" for t in ax.get_xticklabels(minor=True))
+    shown = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    minor = [t.get_text() for t in ax.get_xticklabels(minor=True)]
     plt.close(fig)
+    return shown, minor
+
+
+def test_log_axis_labels_plain_numbers_without_minor_labels():
+    shown, minor = _log_axis_labels([200, 1000], (4, 3))
+    texts = {t.get_text() for t in shown}
+    assert {"200", "500", "1k"} <= texts and not any("10^" in s or "times" in s for s in texts)
+    assert all(t == "" for t in minor)
 
 
 def test_log_axis_labels_do_not_overlap_on_a_narrow_panel():
     """03's efficiency panel: 15 to 2500 steps on a third of a figure."""
-    fig, ax = plt.subplots(figsize=(2.4, 3))
-    ax.plot([15, 2500], [0, 1])
-    plots.log_axis(ax, "x")
-    fig.canvas.draw()
-    lo, hi = ax.get_xlim()
-    boxes = sorted((t.get_window_extent() for t in ax.get_xticklabels()
-                    if t.get_text() and lo <= t.get_position()[0] <= hi), key=lambda b: b.x0)
+    shown, _ = _log_axis_labels([15, 2500], (2.4, 3))
+    boxes = sorted((t.get_window_extent() for t in shown), key=lambda b: b.x0)
     assert len(boxes) >= 3
     assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
-    plt.close(fig)
 
 
 def test_block_numbers_are_integers_from_one():
