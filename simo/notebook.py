@@ -48,8 +48,7 @@ def setup(notebook: str, profile: str = "tiny", seed: int | None = 0,
     os.environ["SIMO_NOTEBOOK"] = notebook  # tags this notebook's cache events (and its jobs')
     torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seeds[0])
-    changed = params.changes(notebook, values) if values else {}
-    run = params.run_id(cfg.name, changed) if changed else None
+    run, changed = params.run_of(notebook, cfg.name, values) if values else (None, {})
     plots.activate(cfg.name, cfg.seeds[0], run, values)
     plots.set_style()
     if run is not None:

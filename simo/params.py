@@ -285,6 +285,14 @@ def run_id(profile: str, changed: Mapping[str, Any]) -> str:
     return f"{profile}-{text}"
 
 
+def run_of(notebook: str, profile: str, values: Mapping[str, Any]
+           ) -> tuple[str | None, dict[str, Any]]:
+    """(run id, the changed values) of a run with these values; (None, {}) for a default run.
+    The runner and the kernel both ask here, so they always agree on where a run writes."""
+    changed = changes(notebook, values)
+    return (run_id(profile, changed) if changed else None), changed
+
+
 def describe(notebook: str) -> str:
     """``python -m simo params NB``: one line per parameter."""
     decl = declared(notebook)

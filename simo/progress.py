@@ -8,12 +8,16 @@ the latest one in its heartbeat lines and strips them from the notebook it keeps
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
 from tqdm import auto, std
 
 ENV = "SIMO_PROGRESS"
+# a line that a text tqdm bar wrote ("fit:  50%|#####| 1/2 [00:01<00:01, 1.2it/s]"): the runner
+# relays the newest, and the executed notebook it keeps drops them all
+BAR_LINE = re.compile(r"\d+%\||\d+/\d+ \[|it/s\]|s/it\]")
 
 
 def tqdm(*args: Any, **kwargs: Any) -> Any:

@@ -29,6 +29,7 @@ from simo import params as params_mod
 from simo import paths
 from simo.config import available_profiles
 from simo.errors import ConfigError, SimoError, one_of
+from simo.progress import BAR_LINE
 
 HEARTBEAT = 10.0  # seconds between progress lines of a running notebook
 KERNEL = "python3"  # this interpreter's own kernel: always the right one, registered or not
@@ -92,8 +93,7 @@ def check_parameters(notebook: str, params: Mapping[str, Any], text: bool = Fals
 
 def destination(notebook: str, profile: str, params: Mapping[str, Any]) -> tuple[str | None, Path]:
     """(run id or None for a default run, figure directory) of a run with these parameters."""
-    changed = params_mod.changes(notebook, params)
-    run = params_mod.run_id(profile, changed) if changed else None
+    run, _ = params_mod.run_of(notebook, profile, params)
     return run, paths.figures_dir(profile, notebook, run)
 
 
@@ -199,7 +199,7 @@ class Watch:
 
     def write(self, text: str) -> int:  # the kernel's stderr: keep the newest progress-bar line
         for part in reversed(re.split(r"[\r\n]+", text)):
-            if re.search(r"\d+%\||\d+/\d+ \[", part):
+            if BAR_LINE.search(part):
                 self.bar = part.strip()
                 break
         return len(text)

@@ -21,10 +21,10 @@ from typing import Any
 
 from simo import paths
 from simo.errors import ConfigError
+from simo.progress import BAR_LINE
 
 KERNELSPEC = {"display_name": "Python (simo-study)", "language": "python", "name": "simo-study"}
 _WIDGET = "application/vnd.jupyter.widget-view+json"
-_BAR = re.compile(r"\d+%\||\d+/\d+ \[|it/s\]|s/it\]")
 _PATH_ECHO = re.compile(r"^(Posix|Windows)?Path\(")
 FINDINGS = re.compile(r"<!-- findings -->(.*?)<!-- /findings -->", re.S)
 
@@ -47,7 +47,7 @@ def clean(nb: Any) -> Any:
 def _clean_output(out: Any) -> Any:
     if out.output_type == "stream":
         if out.name == "stderr":
-            kept = [ln for ln in re.split(r"(?<=\n)|\r", out.text) if ln.strip() and not _BAR.search(ln)]
+            kept = [ln for ln in re.split(r"(?<=\n)|\r", out.text) if ln.strip() and not BAR_LINE.search(ln)]
             if not kept:
                 return None
             out.text = "".join(ln if ln.endswith("\n") else ln + "\n" for ln in kept)
