@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simo import pipeline  # noqa: E402
+from simo.steps import tasks_of  # noqa: E402
 from simo.config import load_profile, with_settings  # noqa: E402
 from simo.models.model import build_model  # noqa: E402
 
@@ -40,7 +40,7 @@ def step_seconds(size: int, width: int, depth: int, heads: int, patch: int, step
         "data.image_size": size, "model.embed_dim": width, "model.depth": depth,
         "model.num_heads": heads, "model.patch_size": patch, "model.weights": None,
         "model.feature_blocks": list(range(1, depth, 2))})  # tiny's taps; random weights
-    model = build_model(profile, pipeline.tasks_of(profile))
+    model = build_model(profile, tasks_of(profile))
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 

@@ -7,7 +7,7 @@ Functions here take metrics, models and tensors and return numbers; caching is t
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Generator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -119,18 +119,17 @@ def first_round(grid: Sequence[float], stride: int = 1) -> list[float]:
     return [values[i] for i in sorted(set(range(0, len(values), stride)) | {len(values) - 1})]
 
 
-def select_on_validation(score: Callable[[float], float], grid: Sequence[float], stride: int = 1,
-                         prefetch: Callable[[list[float]], object] | None = None
-                         ) -> tuple[float, dict[float, float]]:
-    """The paper's protocol: score grid values on validation, keep the best (higher = better).
+def search(grid: Sequence[float], stride: int = 1
+           ) -> Generator[list[float], dict[float, float], tuple[float, dict[float, float]]]:
+    """The paper's λ protocol as a generator: yields the grid values to score next, is sent their
+    validation scores (higher = better), and returns the best value and every score it saw.
 
     Ties go to the smaller value (the smaller edit of the pretrained model). With ``stride`` k > 1
     (for expensive scores, e.g. a realignment per value) only every k-th value and the last are
-    scored first, then the neighbours of the current best until both of its neighbours are scored:
-    a coarse-to-fine search that finds the grid's best value whenever the curve is unimodal.
-    ``prefetch(values)``, if given, is called with each round's values before they are scored
-    (e.g. :func:`simo.jobs.prefetch` computing them side by side).
-    Returns the best value and the scores of the values actually evaluated.
+    scored first (:func:`first_round`), then the neighbours of the current best until both of its
+    neighbours are scored: a coarse-to-fine search that finds the grid's best value whenever the
+    curve is unimodal. As a generator, many searches can advance in lockstep, each round's values
+    of all of them computed side by side (:func:`simo.protocol.run_searches`).
     """
     values = [float(v) for v in grid]
     if stride < 1:
@@ -143,14 +142,28 @@ def select_on_validation(score: Callable[[float], float], grid: Sequence[float],
 
     todo = [values.index(v) for v in first_round(values, stride)]
     while todo:
-        if prefetch is not None:
-            prefetch([values[i] for i in todo])
-        for i in todo:
-            scores[values[i]] = float(score(values[i]))
+        got = yield [values[i] for i in todo]
+        scores.update({float(v): float(x) for v, x in got.items()})
         b = best_index()
         todo = [i for i in (b - 1, b + 1) if 0 <= i < len(values) and values[i] not in scores]
-    best = values[best_index()]
-    return best, {v: scores[v] for v in values if v in scores}
+    return values[best_index()], {v: scores[v] for v in values if v in scores}
+
+
+def select_on_validation(score: Callable[[float], float], grid: Sequence[float], stride: int = 1,
+                         prefetch: Callable[[list[float]], object] | None = None
+                         ) -> tuple[float, dict[float, float]]:
+    """Run one :func:`search` with ``score``; ``prefetch(values)``, if given, is called with each
+    round's values before they are scored (e.g. computing them side by side with
+    :func:`simo.jobs.prefetch`). Returns the best value and the scores of the values evaluated."""
+    gen = search(grid, stride)
+    try:
+        values = next(gen)
+        while True:
+            if prefetch is not None:
+                prefetch(values)
+            values = gen.send({v: score(v) for v in values})
+    except StopIteration as done:
+        return done.value
 
 
 def learn_layer_coefficients(model: torch.nn.Module, tasks: Sequence, pretrained: dict[str, Tensor],

@@ -2,15 +2,18 @@
 
 An artifact is a directory ``<cache>/<step>/<key>/`` holding ``tensors.safetensors`` (any number
 of named tensors) and ``meta.json``. The key hashes the step's config, the keys of the artifacts it
-was computed from and the source code of the modules it depends on, so editing ``train.py``
-reruns training but not rendering. A computation writes into ``<key>.tmp-<pid>`` and is renamed
+was computed from and the source code of the module that computes it and of every ``simo``
+module that module imports (:func:`closure`), so editing ``train.py`` reruns training but not
+rendering. A computation writes into ``<key>.tmp-<pid>`` and is renamed
 into place only when complete: a killed run leaves no half-written artifact. Long computations keep
 resumable checkpoints in ``<key>.partial/`` (atomic files too), removed once the artifact lands.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -43,16 +46,64 @@ def _canonical(obj: Any) -> Any:
     return obj
 
 
-def code_version(*modules: str) -> str:
-    """Hash of the source files of ``simo`` modules (e.g. ``"train"``, ``"models"``)."""
+NEUTRAL = ("simo.progress", "simo.errors")  # cannot change a result: progress bars, error texts
+
+
+def _module_file(module: str, root: Path) -> Path | None:
+    """The source file of a dotted ``simo`` module under ``root`` (a package's ``__init__``)."""
+    base = root.joinpath(*module.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def _imports(module: str, root: Path) -> set[str]:
+    """The ``simo`` modules that ``module`` imports anywhere in its source (inside functions too),
+    with the packages they sit in (importing ``simo.a.b`` runs ``simo/a/__init__.py``)."""
+    tree = ast.parse(_module_file(module, root).read_bytes())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # a submodule, if it is one
+    out = set()
+    for name in found:
+        parts = name.split(".")
+        out |= {".".join(parts[:i]) for i in range(2, len(parts) + 1) if parts[0] == "simo"}
+    return {m for m in out if _module_file(m, root) is not None}
+
+
+@functools.lru_cache(maxsize=None)
+def closure(module: str, root: Path | None = None) -> tuple[str, ...]:
+    """``module`` and every ``simo`` module it imports, transitively (less :data:`NEUTRAL`).
+
+    A cached step's key hashes the source of this closure: editing any function that the step
+    could run changes the key, and nobody keeps a list of modules by hand.
+    """
+    root = root or paths.ROOT
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        if m in seen or m in NEUTRAL:
+            continue
+        seen.add(m)
+        todo += sorted(_imports(m, root) - seen)
+    return tuple(sorted(seen))
+
+
+def code_version(module: str, root: Path | None = None) -> str:
+    """Hash of the source of ``module``'s :func:`closure` (``"simo.steps"``); ``""`` for code
+    outside the package (a test's own step), which has no source to follow."""
+    root = root or paths.ROOT
+    if not module.startswith("simo.") or _module_file(module, root) is None:
+        return ""
     h = hashlib.sha256()
-    pkg = paths.ROOT / "simo"
-    for mod in sorted(modules):
-        p = pkg / mod.replace(".", "/")
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p.with_suffix(".py")]
-        for f in files:
-            h.update(f.relative_to(pkg).as_posix().encode())
-            h.update(f.read_bytes())
+    for m in closure(module, root):
+        h.update(m.encode())
+        h.update(_module_file(m, root).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -177,14 +228,17 @@ def _is_complete(path: Path) -> bool:
 
 
 def get_or_compute(step: str, config: Mapping[str, Any], compute: Callable[[Path, Path], None],
-                   modules: tuple[str, ...] = (), force: bool = False) -> Artifact:
-    """Return the artifact for (step, config, code of ``modules``), computing it if absent.
+                   force: bool = False, code: str | None = None) -> Artifact:
+    """Return the artifact for (step, config, code), computing it if absent.
+
+    The code is the source of the module that defines ``compute`` (or the module named ``code``)
+    and of everything it imports (:func:`closure`).
 
     ``compute(out_dir, partial_dir)`` writes its files (``tensors.safetensors`` for tensors, any
     data files) into ``out_dir`` and may keep resumable state in ``partial_dir``, which survives a
     crash. ``meta.json`` is written last, with the config, and marks the entry complete.
     """
-    key = make_key(step, config, code_version(*modules) if modules else "")
+    key = make_key(step, config, code_version(code or compute.__module__))
     root = paths.cache_root() / step
     final = root / key
     run = os.environ.get("SIMO_RUN", "")
@@ -243,15 +297,14 @@ def events_file(run: str) -> Path:
     return paths.cache_root() / EVENTS / f"{run}.jsonl"
 
 
-def memo(step: str, config: Mapping[str, Any], fn: Callable[[], Any],
-         modules: tuple[str, ...] = ()) -> Any:
+def memo(step: str, config: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
     """Cache a small JSON-able result (an evaluation, a curve) like an artifact, so a warm rerun of
     a notebook only plots: compute is split from plotting."""
 
     def compute(out: Path, _partial: Path) -> None:
         save_json(out / META, {"value": fn()})
 
-    return get_or_compute(step, config, compute, modules=modules).meta["value"]
+    return get_or_compute(step, config, compute, code=fn.__module__).meta["value"]
 
 
 def clear_stale(step: str | None = None) -> int:

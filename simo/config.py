@@ -90,6 +90,13 @@ class FinetuneConfig:
     ckpt_every: int = 250  # resumable checkpoints (steps)
     n_eval: int = 500  # validation images used for the curves
     scales: tuple[float, ...] = (1.0,)  # random zoom + crop (paper: 1, 1.2, 1.5); 1: flips only
+    # IVON instead of AdamW in phase 2 (finetuned(..., optimizer="ivon")): the previews' Hessians
+    ivon_lr: float = 2.0
+    ivon_head_lr: float = 2.0
+    ivon_ess: float = 1.0e8  # tempered: only precision ratios matter to a preview
+    ivon_hess_init: float = 0.1
+    ivon_beta2: float = 0.99  # 0.99999 (IVON's default) leaves hess at hess_init on short runs
+    ivon_weight_decay: float = 1.0e-4
 
 
 @dataclass(frozen=True)
@@ -153,12 +160,6 @@ class PreviewsConfig:
     realign_samples: int = 500  # head realignment of each previewed encoder: labelled samples
     realign_steps: int = 100  # ... and steps (on cached features, realign.head_lr)
     em_iters: int = 50  # MultiIVON: EM iterations at most
-    ivon_lr: float = 2.0
-    ivon_head_lr: float = 2.0
-    ivon_ess: float = 1.0e8  # tempered: only precision ratios matter to a preview
-    ivon_hess_init: float = 0.1
-    ivon_beta2: float = 0.99  # 0.99999 (IVON's default) leaves hess at hess_init on short runs
-    ivon_weight_decay: float = 1.0e-4
     # IVON-Hess (first seed) re-previewed with one preview-only setting moved at a time: is a miss
     # a matter of settings? Keys: PREVIEW_KNOBS; the profile's own value joins every sweep
     sensitivity: tuple[KnobConfig, ...] = ()
@@ -379,8 +380,6 @@ def _check_values(p: Profile) -> None:
     if fd.steps < 1 or fd.n_scenes < fd.batch_size or fd.batch_size < 1:
         raise ConfigError(f"foundation needs steps >= 1 and n_scenes >= batch_size >= 1, got "
                           f"steps={fd.steps}, n_scenes={fd.n_scenes}, batch_size={fd.batch_size}")
-    from simo.jobs import EXECUTORS
-
     if p.jobs.executor not in EXECUTORS:
         raise ConfigError(one_of(p.jobs.executor, EXECUTORS, "jobs.executor"))
     if p.jobs.workers < 1:
@@ -409,11 +408,14 @@ def _check_values(p: Profile) -> None:
                           f"number of previews.seeds ({len(pv.seeds)})")
     if pv.sg_estimator not in SG_ESTIMATORS:
         raise ConfigError(one_of(pv.sg_estimator, SG_ESTIMATORS, "previews.sg_estimator"))
-    for k in ("ivon_lr", "ivon_head_lr", "ivon_ess", "ivon_hess_init", "prior_rel"):
-        if not getattr(pv, k) > 0:
-            raise ConfigError(f"previews.{k} must be > 0, got {getattr(pv, k)}")
-    if not 0 < pv.ivon_beta2 < 1:
-        raise ConfigError(f"previews.ivon_beta2 must be in (0, 1), got {pv.ivon_beta2}")
+    if not pv.prior_rel > 0:
+        raise ConfigError(f"previews.prior_rel must be > 0, got {pv.prior_rel}")
+    ft = p.finetune
+    for k in ("ivon_lr", "ivon_head_lr", "ivon_ess", "ivon_hess_init"):
+        if not getattr(ft, k) > 0:
+            raise ConfigError(f"finetune.{k} must be > 0, got {getattr(ft, k)}")
+    if not 0 < ft.ivon_beta2 < 1:
+        raise ConfigError(f"finetune.ivon_beta2 must be in (0, 1), got {ft.ivon_beta2}")
     rg = p.regime
     if not rg.seeds:
         raise ConfigError("regime.seeds must list at least one seed, e.g. [0, 1]")
@@ -446,6 +448,7 @@ def _check_knobs(where: str, knobs: Sequence[KnobConfig], p: Profile,
 
 
 DATASETS = ("scenes", "nyuv2", "cityscapes", "taskonomy")
+EXECUTORS = ("local", "submitit-local", "slurm")  # where simo.jobs runs independent steps
 OBJECTIVES = ("aux", "simmim")  # the foundation encoder's pretraining objectives
 SG_ESTIMATORS = ("adam", "gradsq")
 # settings that change only the preview step, not any run a preview reads (a sweep stays cheap)

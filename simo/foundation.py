@@ -40,13 +40,13 @@ from simo.data.scenes import AUX_FIELDS, render_scenes
 from simo.models import build_model
 from simo.models.encoder import build_encoder, file_sha256
 from simo.tasks import get_tasks
-from simo.train import Batch, Phase, SimMIM, evaluate, pick_device, retrain_heads, run_phases
+from simo.realign import retrain_heads
+from simo.train import Batch, Phase, SimMIM, evaluate, pick_device, run_phases
 
 SCENE_SEED = 2000  # the wide pretraining scenes; the task splits use 1000-1003
 VAL_SCENES = 256  # held-out wide scenes for the pretraining loss curve
 AUX_TARGETS = {"albedo": 3, "shading": 1, "contour": 1, "texture": 3}  # channels decoded per pixel
 CONTOUR_POS_WEIGHT = 2.0
-_CODE = ("foundation", "train", "models.encoder", "data.scenes", "data.__init__", "tasks")
 
 
 def contours(instance: Tensor) -> Tensor:
@@ -181,7 +181,7 @@ def pretrained_foundation(profile: Profile, progress: bool = True) -> cache.Arti
             "seconds": res.seconds, "render_seconds": render_s, "probe": final,
             "threads": torch.get_num_threads(), "device": str(device)})
 
-    return cache.get_or_compute("foundation", _config(profile), compute, modules=_CODE)
+    return cache.get_or_compute("foundation", _config(profile), compute)
 
 
 def _git_commit() -> str:

@@ -1,7 +1,7 @@
 """Independent jobs (seeds, tasks, λ values) run side by side; their results meet in the cache.
 
 A job is a picklable call, ``job(fn, *args, **kwargs)``, of a function whose result is cached
-(``pipeline.finetuned``, ``MergeSetup.realign`` ...). :func:`prefetch` computes a list of them with
+(``steps.finetuned``, ``MergeSetup.realign`` ...). :func:`prefetch` computes a list of them with
 the profile's ``jobs`` executor, so that the notebook's own calls afterwards are cache hits: the
 notebook reads as a plain loop and the parallelism stays out of its way.
 
@@ -30,9 +30,9 @@ from typing import Any, Callable, Sequence
 
 from simo.progress import tqdm
 
+from simo.config import EXECUTORS
 from simo.errors import ConfigError, one_of
 
-EXECUTORS = ("local", "submitit-local", "slurm")
 Job = functools.partial
 
 

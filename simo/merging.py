@@ -53,14 +53,30 @@ _BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)")
 # ----------------------------------------------------------------------------------------------
 # registry and dispatch
 # ----------------------------------------------------------------------------------------------
-def register(name: str, paper: str = "") -> Callable[[Callable[..., StateDict]], Callable]:
-    """Decorator: add a merge method to :data:`METHODS` under ``name``; ``fn.paper`` cites it."""
+NEEDS = ("seed", "fishers", "task")  # what a caller supplies beyond the profile's settings
+
+
+def register(name: str, paper: str = "", settings: Mapping[str, str] | None = None,
+             needs: Sequence[str] = ()) -> Callable[[Callable[..., StateDict]], Callable]:
+    """Decorator: add a merge method to :data:`METHODS` under ``name``.
+
+    The method owns its knowledge, so callers hold no method names: ``fn.paper`` cites it,
+    ``fn.settings`` maps its keywords to the dotted profile settings that feed them
+    (``{"k": "merging.ties_k"}``), and ``fn.needs`` lists what else the caller must pass: the
+    run's ``seed``, per-task diagonal ``fishers``, or ``task`` (the method gives each task its own
+    encoder: call it once per task index).
+    """
+    for n in needs:
+        if n not in NEEDS:
+            raise MergeError(one_of(n, NEEDS, f"need of merge method {name!r}"))
 
     def deco(fn: Callable[..., StateDict]) -> Callable[..., StateDict]:
         if name in METHODS:
             raise MergeError(f"merge method {name!r} is registered twice; pick a new name")
         fn.paper = paper  # type: ignore[attr-defined]
         fn.method_name = name  # type: ignore[attr-defined]
+        fn.settings = dict(settings or {})  # type: ignore[attr-defined]
+        fn.needs = tuple(needs)  # type: ignore[attr-defined]
         METHODS[name] = fn
         return fn
 
@@ -459,6 +475,16 @@ def _generalized_task_arithmetic(
 # ----------------------------------------------------------------------------------------------
 # merge methods
 # ----------------------------------------------------------------------------------------------
+@register("single_task", paper="no merge: the reference every merge is measured against",
+          needs=("task",))
+def single_task(pretrained: StateDict, finetuned: list[StateDict], *, task: int = 0) -> StateDict:
+    """Task ``task``'s own finetuned encoder (a copy): the identity, registered so that the
+    single-task reference is evaluated, cached and realigned like any merge."""
+    check_compatible(pretrained, finetuned)
+    _number("task", task, 0, len(finetuned) - 1, integer=True)
+    return _map_float_keys(pretrained, lambda key, _base: finetuned[task][key].detach().clone())
+
+
 @register("weight_average", paper="Wortsman et al., Model soups, arXiv 2203.05482")
 def weight_average(pretrained: StateDict, finetuned: list[StateDict]) -> StateDict:
     """Uniform mean of the finetuned models: the simplest baseline (a "model soup")."""
@@ -484,7 +510,8 @@ def task_arithmetic(
     return _generalized_task_arithmetic(pretrained, finetuned, lam=lam)
 
 
-@register("ties", paper="Yadav et al., TIES-Merging, arXiv 2306.01708")
+@register("ties", paper="Yadav et al., TIES-Merging, arXiv 2306.01708",
+          settings={"k": "merging.ties_k"})
 def ties(
     pretrained: StateDict,
     finetuned: list[StateDict],
@@ -510,7 +537,8 @@ def ties(
     )
 
 
-@register("dare", paper="Yu et al., Language models are Super Mario (DARE), arXiv 2311.03099")
+@register("dare", paper="Yu et al., Language models are Super Mario (DARE), arXiv 2311.03099",
+          settings={"p": "merging.dare_p"}, needs=("seed",))
 def dare(
     pretrained: StateDict,
     finetuned: list[StateDict],
@@ -565,7 +593,7 @@ def _tall_of(taus: Tensor, lam_tall: float) -> Tensor:
 
 
 @register("tall_mask", paper="Wang et al., Localizing Task Information for Improved Model "
-          "Merging and Compression, arXiv 2405.07813")
+          "Merging and Compression, arXiv 2405.07813", needs=("task",))
 def tall_mask(
     pretrained: StateDict,
     finetuned: list[StateDict],
@@ -686,7 +714,7 @@ def lines(
 
 
 @register("fisher", paper="Matena & Raffel, Merging Models with Fisher-Weighted Averaging, "
-          "arXiv 2111.09832")
+          "arXiv 2111.09832", needs=("fishers",))
 def fisher(
     pretrained: StateDict,
     finetuned: list[StateDict],

@@ -9,7 +9,7 @@ re-selected for the realigned model, and measures what might explain the gap to 
 task-vector sizes and cosines, the merged encoder's feature similarity to the single-task ones,
 and how well the pretrained encoder alone serves the tasks (a linear probe).
 
-Everything is computed by the cached steps of :mod:`simo.pipeline`, so points that share runs
+Everything is computed by the cached steps of :mod:`simo.steps` and :mod:`simo.merged`, so points that share runs
 (the profile's own values appear under every knob; single-task runs do not depend on the task
 mix) share them, and :func:`prefetch` runs the independent ones side by side with
 :mod:`simo.jobs`.
@@ -22,7 +22,8 @@ from typing import Any, Sequence
 from simo import analysis, jobs
 from simo.config import Profile, knob_profiles
 from simo.errors import ConfigError, one_of
-from simo.pipeline import MergeSetup, finetuned, merge_setup, model_from, pretrained, tasks_of
+from simo.merged import MergeSetup, merge_setup
+from simo.steps import finetuned, model_from, pretrained, tasks_of
 from simo.tasks import delta_mtl
 
 KINDS = ("head", "repr")
@@ -92,7 +93,7 @@ def training_jobs(pts: Sequence[Point], seeds: Sequence[int]) -> tuple[list, lis
 
 
 def _val_reference(setup: MergeSetup) -> dict:
-    return setup.evaluate("single_task", 1.0, "val")
+    return setup.original("single_task", 1.0, "val")
 
 
 def _score(setup: MergeSetup, metrics: dict) -> float:
@@ -103,7 +104,7 @@ def original_lambda(setup: MergeSetup, method: str) -> float:
     """λ chosen with the original heads on validation (the paper's code; evaluations only)."""
     grid = setup.profile.merging.lam_grid
     return analysis.select_on_validation(
-        lambda lam: _score(setup, setup.evaluate(method, lam, "val")), grid)[0]
+        lambda lam: _score(setup, setup.original(method, lam, "val")), grid)[0]
 
 
 def realigned_lambda(setup: MergeSetup, method: str,
@@ -149,7 +150,7 @@ def prefetch(pts: Sequence[Point], seeds: Sequence[int], progress_desc: str = "r
     setups = {(p, s): merge_setup(p, s) for p in distinct for s in seeds}
     first = [jobs.job(setups[p, seeds[0]].realign, m, lam) for p in distinct for m in methods
              for lam in analysis.first_round(p.merging.lam_grid, p.realign.select_stride)]
-    evals = [jobs.job(setups[p, s].evaluate, m, lam, "val") for p in distinct for s in seeds
+    evals = [jobs.job(setups[p, s].original, m, lam, "val") for p in distinct for s in seeds
              for m in methods for lam in p.merging.lam_grid]
     jobs.prefetch(prof, first + evals, desc=f"{progress_desc}: λ grids")
     # the second round of every search at once (the best first-round value's neighbours); the
@@ -203,7 +204,7 @@ def measure(point: Point, seeds: Sequence[int], n_images: int = 128) -> dict:
         for m in methods:
             lam_o = original_lambda(setup, m)
             add("lambda", f"{m} (original heads)", lam_o)
-            add("delta_mtl", m, delta_mtl(setup.evaluate(m, lam_o, "test"), ref, tasks))
+            add("delta_mtl", m, delta_mtl(setup.original(m, lam_o, "test"), ref, tasks))
             for kind in KINDS:
                 rec = setup.realign(m, lam_r[m], kind)
                 add("delta_mtl", f"{m}+{kind}", delta_mtl(rec["test"], ref, tasks))

@@ -476,7 +476,7 @@ def ivon_optimizer(settings: Mapping[str, float]) -> Callable[[list[dict]], torc
     ``settings``: ``lr`` / ``head_lr`` (per group), ``ess`` (effective sample size: a large value
     tempers the posterior; only precision ratios matter to the previews), ``hess_init``, ``beta2``
     (the default 0.99999 leaves ``hess`` at its initial value over a short run) and
-    ``weight_decay`` (DESIGN.md: lr 2, ess 1e8, hess_init 0.1, beta2 0.99, wd 1e-4 worked).
+    ``weight_decay`` (docs/design.md: lr 2, ess 1e8, hess_init 0.1, beta2 0.99, wd 1e-4 worked).
     """
     missing = [k for k in IVON_KEYS if k not in settings]
     if missing:
@@ -563,52 +563,3 @@ def pretrain(vit: nn.Module, images: Tensor, cfg, *, seed: int, partial_dir: Pat
                       eval_every=max(1, cfg.steps // 20), partial_dir=partial_dir,
                       ckpt_every=max(1, cfg.steps // 8), desc="pretrain (SimMIM)",
                       progress=progress)
-
-
-# ------------------------------------------------------------------ head realignment ---------------
-
-@torch.no_grad()
-def encode(encoder: nn.Module, images: Tensor, batch_size: int = 128) -> dict[str, Tensor]:
-    """Features of a frozen encoder as a flat dict (``f0..``, ``c0..``): computed once, reused."""
-    encoder.eval()
-    parts: list[tuple[list[Tensor], list[Tensor | None]]] = []
-    device = next(encoder.parameters()).device
-    for i in range(0, len(images), batch_size):
-        parts.append(encoder(images[i:i + batch_size].to(device)))
-    out = {}
-    for j in range(len(parts[0][0])):
-        out[f"f{j}"] = torch.cat([p[0][j] for p in parts]).cpu()
-        if parts[0][1][j] is not None:
-            out[f"c{j}"] = torch.cat([p[1][j] for p in parts]).cpu()
-    return out
-
-
-def _unpack(batch: Batch) -> tuple[list[Tensor], list[Tensor | None]]:
-    n = sum(1 for k in batch if k.startswith("f") and k[1:].isdigit())
-    return [batch[f"f{j}"] for j in range(n)], [batch.get(f"c{j}") for j in range(n)]
-
-
-def retrain_heads(model: nn.Module, tasks: Sequence[Task], data: Batch, *, steps: int, lr: float,
-                  batch_size: int, seed: int, eval_batch_size: int = 128,
-                  progress: bool = False) -> LoopResult:
-    """Head realignment: freeze the (merged) encoder, retrain each head on a small labelled set.
-
-    Features are computed once on ``data`` (no augmentation: ViT features are not flip
-    equivariant), so a step costs only the heads. Heads start from their current weights (the
-    original single-task heads), which beats fresh heads (DESIGN.md, trap 5).
-    """
-    feats = encode(model.encoder, data["image"], eval_batch_size)
-    table = {**feats, **{t.target: data[t.target] for t in tasks}}
-    size = tuple(data["image"].shape[-2:])
-
-    def loss_fn(batch: Batch, _g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        f, c = _unpack(batch)
-        total = torch.zeros((), device=f[0].device)
-        for t in tasks:
-            total = total + t.loss(model.heads[t.name](f, c, size), batch[t.target])
-        return total, {}
-
-    params = [p for t in tasks for p in model.heads[t.name].parameters()]
-    phase = Phase("heads", steps, [{"params": params, "lr": lr}], loss_fn)
-    return run_phases(model, [phase], table, batch_size=batch_size, seed=seed, flip=False,
-                      desc="head realignment", progress=progress)

@@ -17,10 +17,11 @@ from simo import cache, jobs, paths
 from simo.analysis import curve, higher_is_better, mean_ci, select_on_validation
 from simo.config import Profile, with_settings
 from simo.errors import TaskError, one_of
-from simo.foundation import _CODE as _FOUNDATION_CODE, _config, probe
+from simo.foundation import _config, probe
 from simo.models import build_model
 from simo.models.encoder import file_sha256
-from simo.pipeline import finetuned, merge_setup, pretrained
+from simo.merged import merge_setup
+from simo.steps import finetuned, pretrained
 from simo.tasks import Task, delta_mtl, get_tasks, normalized_performance
 
 INITS = ("foundation", "scratch", "weak")  # θ0 = the released encoder | random | the first study's
@@ -82,10 +83,10 @@ def ta_original_heads(profile: Profile, seed: int = 0) -> dict:
     """Task arithmetic with the original heads, λ chosen on val (the official protocol): the
     chosen λ and the test Δ_MTL (normalized convention) against the single-task models."""
     setup = merge_setup(profile, seed)
-    single = {s: setup.evaluate("single_task", 0.0, s) for s in ("val", "test")}
+    single = {s: setup.original("single_task", 0.0, s) for s in ("val", "test")}
 
     def score(lam: float, split: str = "val") -> float:
-        return delta_mtl(setup.evaluate("task_arithmetic", lam, split), single[split],
+        return delta_mtl(setup.original("task_arithmetic", lam, split), single[split],
                          setup.tasks)
 
     lam, _ = select_on_validation(score, profile.merging.lam_grid)
@@ -112,8 +113,7 @@ def _memo_probe(profile: Profile, state: dict[str, Tensor], key: str, split: str
                 steps: int) -> dict[str, dict[str, float]]:
     cfg = {"encoder": key, "split": split, "steps": steps, "probe": _config(profile)["probe"],
            "data": dataclasses.asdict(profile.data)}
-    return cache.memo("probe", cfg, lambda: probe(profile, state, steps=steps, split=split),
-                      modules=_FOUNDATION_CODE)
+    return cache.memo("probe", cfg, lambda: probe(profile, state, steps=steps, split=split))
 
 
 def finetuned_probe(profile: Profile, task: str, seed: int) -> dict[str, dict[str, float]]:

@@ -8,7 +8,7 @@ from simo.errors import ConfigError
 from simo.models import build_model
 from simo.models.adapters import (AdaptedBlock, LoRALinear, add_adapters, adapter_parameters,
                                   remove_adapters)
-from simo.pipeline import tasks_of
+from simo.steps import tasks_of
 
 
 @pytest.fixture()

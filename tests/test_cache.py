@@ -1,12 +1,16 @@
 """The content-addressed cache: stable keys, compute-once, atomic writes, one-line corruption errors."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from simo import cache, paths
+from simo import merged as merged_mod
+from simo import previews as previews_mod
+from simo import steps as steps_mod
 from simo.errors import CheckpointError
 
 
@@ -36,29 +40,63 @@ def test_make_key_changes_with_step_config_and_code():
     assert cache.make_key("train", cfg, "c1") != base
 
 
-def test_code_version_is_deterministic_and_per_module():
-    v = cache.code_version("train")
-    assert v == cache.code_version("train")
-    assert len(v) == 16
-    assert cache.code_version("cache") != v
-    assert cache.code_version("train", "cache") == cache.code_version("cache", "train")
-    assert cache.code_version("train", "cache") not in (v, cache.code_version("cache"))
-    # a package hashes all its files: the models package differs from any one of its modules
-    assert cache.code_version("models") != cache.code_version("models.heads")
+def test_closure_follows_imports_transitively_and_skips_neutral_modules():
+    steps = cache.closure("simo.steps")
+    assert {"simo.steps", "simo.train", "simo.models.heads", "simo.data.scenes", "simo.tasks",
+            "simo.cache", "simo.config"} <= set(steps)
+    # what training cannot run, and what cannot change a number, stays out
+    assert not {"simo.plots", "simo.merging", "simo.realign", "simo.progress", "simo.errors",
+                "simo.runner", "simo.notebook"} & set(steps)
+    merged = cache.closure("simo.merged")
+    assert set(steps) < set(merged)
+    assert {"simo.realign", "simo.merging", "simo.models.adapters"} <= set(merged)
+    assert "simo.plots" not in cache.closure("simo.previews.grids")
 
 
-def test_code_version_follows_source_edits(tmp_path, monkeypatch):
-    pkg = tmp_path / "simo"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "mod.py").write_text("x = 1\n")
-    (pkg / "sub" / "a.py").write_text("y = 1\n")
-    monkeypatch.setattr(paths, "ROOT", tmp_path)
-    v_mod, v_sub = cache.code_version("mod"), cache.code_version("sub")
-    (pkg / "mod.py").write_text("x = 2\n")
-    assert cache.code_version("mod") != v_mod
-    assert cache.code_version("sub") == v_sub
-    (pkg / "sub" / "b.py").write_text("")  # a new file in a package changes its version
-    assert cache.code_version("sub") != v_sub
+def _copy_package(tmp_path: Path) -> Path:
+    shutil.copytree(paths.ROOT / "simo", tmp_path / "simo",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def _edit(root: Path, module: str, old: str, new: str) -> None:
+    f = root.joinpath(*module.split(".")).with_suffix(".py")
+    src = f.read_text()
+    assert old in src
+    f.write_text(src.replace(old, new, 1))
+
+
+# every cached step, by the function whose module keys it
+STEP_MODULES = {"finetuned": steps_mod.finetuned.__module__,
+                "merge_eval": merged_mod.MergeSetup.original.__module__,
+                "preview_grid": previews_mod.preview_grid.__module__}
+
+
+def test_editing_a_function_that_a_step_runs_changes_that_steps_key(tmp_path):
+    root = _copy_package(tmp_path)
+    before = {s: cache.code_version(m, root) for s, m in STEP_MODULES.items()}
+    assert before == {s: cache.code_version(m) for s, m in STEP_MODULES.items()}  # a copy: same
+    # evaluate_encoders scores every merged model: its edit must reach the merge evaluations (a
+    # hand-written module list once left it out) and the preview grids, not the finetunes
+    _edit(root, "simo.realign", "def evaluate_encoders(", "def evaluate_encoders(  # edited\n")
+    cache.closure.cache_clear()
+    after = {s: cache.code_version(m, root) for s, m in STEP_MODULES.items()}
+    assert after["merge_eval"] != before["merge_eval"]
+    assert after["preview_grid"] != before["preview_grid"]
+    assert after["finetuned"] == before["finetuned"]
+    # a loss edit reaches everything; a plotting edit reaches nothing
+    _edit(root, "simo.tasks", "import math", "import math  # edited")
+    cache.closure.cache_clear()
+    assert all(cache.code_version(m, root) != after[s] for s, m in STEP_MODULES.items())
+    again = {s: cache.code_version(m, root) for s, m in STEP_MODULES.items()}
+    _edit(root, "simo.plots", "import", "import os  # edited\nimport")
+    assert {s: cache.code_version(m, root) for s, m in STEP_MODULES.items()} == again
+
+
+def test_code_outside_the_package_has_no_code_version():
+    assert cache.code_version("tests.test_cache") == ""
+    assert cache.code_version("simo.no_such_module") == ""
+    assert len(cache.code_version("simo.train")) == 16
 
 
 # ------------------------------------------------------------------------------- get_or_compute
@@ -102,10 +140,10 @@ def test_force_recomputes(tmp_cache):
     assert torch.equal(art.tensors()["w"], torch.full((3,), 5.0))
 
 
-def test_code_modules_enter_the_key(tmp_cache):
+def test_the_computing_module_enters_the_key(tmp_cache):
     calls: list = []
-    a = cache.get_or_compute("demo", {"n": 1}, _writer(calls))
-    b = cache.get_or_compute("demo", {"n": 1}, _writer(calls), modules=("train",))
+    a = cache.get_or_compute("demo", {"n": 1}, _writer(calls))  # a test's function: no code
+    b = cache.get_or_compute("demo", {"n": 1}, _writer(calls), code="simo.train")
     assert a.key != b.key and len(calls) == 2
 
 

@@ -237,9 +237,9 @@ def test_previews_section_is_checked():
     assert "components (3)" in msg and "previews.seeds (2)" in msg
     msg = _err(overrides={"previews.sg_estimator": "fisher"})
     assert "'fisher'" in msg and "adam" in msg and "gradsq" in msg
-    assert "previews.ivon_ess must be > 0, got 0" in _err(overrides={"previews.ivon_ess": 0})
+    assert "finetune.ivon_ess must be > 0, got 0" in _err(overrides={"finetune.ivon_ess": 0})
     assert "previews.prior_rel must be > 0" in _err(overrides={"previews.prior_rel": 0.0})
-    assert "ivon_beta2 must be in (0, 1), got 1.0" in _err(overrides={"previews.ivon_beta2": 1.0})
+    assert "ivon_beta2 must be in (0, 1), got 1.0" in _err(overrides={"finetune.ivon_beta2": 1.0})
     ok = load_profile("smoke", {"previews.tasks": ["depth", "normals", "edges"],
                                 "previews.n_alpha": 4})
     assert ok.previews.tasks == ("depth", "normals", "edges")

@@ -124,7 +124,7 @@ def release(tmp_path):
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "other"])
 def test_damaged_weights_are_one_line_errors_naming_file_and_fix(release, damage, tmp_cache):
-    from simo.pipeline import pretrained
+    from simo.steps import pretrained
 
     p, path = release
     sha = file_sha256(path)
@@ -144,7 +144,7 @@ def test_damaged_weights_are_one_line_errors_naming_file_and_fix(release, damage
 
 
 def test_a_damaged_release_is_refused_even_when_the_cache_is_warm(release, tmp_cache):
-    from simo.pipeline import pretrained
+    from simo.steps import pretrained
 
     p, path = release
     profile = load_profile("smoke", {"model.weights": str(path),

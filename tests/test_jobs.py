@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from simo import cache, jobs, pipeline
+from simo import cache, jobs, merged, steps
 from simo.config import load_profile
 from simo.errors import ConfigError, TaskError
 from tests.conftest import tiny_profile
@@ -16,7 +16,7 @@ ONE_THREAD = {"jobs.threads": 1}
 
 
 def _finetune_jobs(p):
-    return [jobs.job(pipeline.finetuned, p, t, seed=0, progress=False) for t in ("depth", "normals")]
+    return [jobs.job(steps.finetuned, p, t, seed=0, progress=False) for t in ("depth", "normals")]
 
 
 def test_one_local_worker_prefetches_nothing(tmp_cache):
@@ -32,13 +32,13 @@ def test_pool_fills_the_cache_and_later_calls_hit_it(tmp_cache, capsys):
     assert "two finetunes: 2 jobs, 2 at a time (local, 1 thread each)" in capsys.readouterr().out
     assert len(list((tmp_cache / "finetuned").iterdir())) >= 2
     before = dict(cache.STATS)
-    art = pipeline.finetuned(p, "depth", seed=0)
+    art = steps.finetuned(p, "depth", seed=0)
     assert cache.STATS["misses"] == before["misses"] and cache.STATS["hits"] > before["hits"]
     assert art.meta["steps"] == p.finetune.head_steps + p.finetune.steps
 
 
 def _finetuned_tensors(p, task):
-    return pipeline.finetuned(p, task, seed=0).tensors()
+    return steps.finetuned(p, task, seed=0).tensors()
 
 
 def test_submitit_local_gives_what_the_local_pool_gives(tmp_path, monkeypatch):
@@ -49,7 +49,7 @@ def test_submitit_local_gives_what_the_local_pool_gives(tmp_path, monkeypatch):
         jobs.prefetch(p, _finetune_jobs(p)[:1])
         before = cache.STATS["misses"]
         out[executor] = (_finetuned_tensors(p, "depth"),
-                         pipeline.finetuned(p, "depth", seed=0).meta["test"])
+                         steps.finetuned(p, "depth", seed=0).meta["test"])
         assert cache.STATS["misses"] == before, f"{executor} left the job uncomputed"
     (ta, ma), (tb, mb) = out["local"], out["submitit-local"]
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
@@ -59,12 +59,12 @@ def test_submitit_local_gives_what_the_local_pool_gives(tmp_path, monkeypatch):
 def test_a_failing_job_raises_its_own_error_in_the_caller(tmp_cache):
     p = tiny_profile(**{"jobs.workers": 2}, **ONE_THREAD)
     with pytest.raises(TaskError, match="unknown task 'depht'"):
-        jobs.prefetch(p, [jobs.job(pipeline.finetuned, p, "depht", seed=0, progress=False)])
+        jobs.prefetch(p, [jobs.job(steps.finetuned, p, "depht", seed=0, progress=False)])
 
 
 def test_merge_setup_pickles_as_its_recipe(cache_dir):
     p = tiny_profile()
-    setup = pipeline.merge_setup(p, seed=0)
+    setup = merged.merge_setup(p, seed=0)
     blob = pickle.dumps(setup)
     assert len(blob) < 10_000  # the profile, not the tensors
     again = pickle.loads(blob)

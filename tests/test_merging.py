@@ -288,7 +288,7 @@ def test_every_method_is_invariant_to_task_order(name, seed, n, data) -> None:
     pre, fts, fishers = vit_like(seed, n)
     perm = data.draw(st.permutations(list(range(n))))
     kw, kw_perm = _method_kwargs(name, fishers), _method_kwargs(name, fishers, perm)
-    if name == "tall_mask":
+    if "task" in M.METHODS[name].needs:  # one encoder per task: follow that task
         task = data.draw(st.integers(0, n - 1))
         kw["task"], kw_perm["task"] = task, perm.index(task)
     a = M.merge(name, pre, fts, **kw)
@@ -436,3 +436,26 @@ def test_integer_buffer_taken_from_pretrained() -> None:
     ft = {"w": torch.ones(2), "idx": torch.tensor([7, 8])}
     for name in ("task_arithmetic", "ties", "weight_average"):
         assert M.merge(name, pre, [ft])["idx"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("name", sorted(M.METHODS))
+def test_every_method_declares_the_profile_settings_and_context_it_reads(name: str) -> None:
+    from simo.config import load_profile, setting
+
+    fn, profile = M.METHODS[name], load_profile("smoke")
+    for keyword, key in fn.settings.items():
+        assert keyword in M.method_params(name)
+        setting(profile, key)  # a real profile setting (AttributeError otherwise)
+    assert set(fn.needs) <= set(M.NEEDS)
+    assert "task" not in fn.needs or "task" in M.method_params(name)
+
+
+def test_single_task_is_the_identity_registered_as_a_method() -> None:
+    pre, fts, _ = vit_like(0, 3)
+    for i, ft in enumerate(fts):
+        out = M.merge("single_task", pre, fts, task=i)
+        assert_sd_close(out, {k: ft[k] if k in ft else pre[k] for k in pre}, atol=0, rtol=0)
+    with pytest.raises(MergeError, match="task=3 is out of range"):
+        M.merge("single_task", pre, fts, task=3)
+    with pytest.raises(MergeError, match="need of merge method 'odd'"):
+        M.register("odd", needs=("labels",))

@@ -9,7 +9,7 @@ import pytest
 from simo import regimes, runner
 from simo.config import load_profile
 from simo.errors import ConfigError
-from simo.pipeline import finetuned
+from simo.steps import finetuned
 
 KNOBS = [{"name": "pretraining", "key": "pretrain.steps", "values": [0, 10]},
          {"name": "tasks", "key": "tasks", "values": [["segmentation", "depth"],

@@ -12,7 +12,7 @@ from simo.config import PretrainConfig
 from simo.data import make_dataset
 from simo.errors import TrainingError
 from simo.models import build_encoder, build_model
-from simo.pipeline import ivon_settings
+from simo.steps import ivon_settings
 from simo.tasks import get_tasks
 from simo.train import evaluate, finetune, lr_factor, pretrain, sample_batch
 
@@ -251,7 +251,7 @@ def test_ivon_learns_a_hessian_and_its_noise_is_seeded_not_global(scenes):
                  if n.startswith("encoder.vit.") and q.requires_grad}
     assert set(hess) == trainable and "norm.weight" not in hess  # frozen final norm: none
     flat = torch.cat([h.flatten() for h in hess.values()])
-    assert (flat > 0).all() and not torch.allclose(flat, torch.full_like(flat, p.previews.ivon_hess_init))
+    assert (flat > 0).all() and not torch.allclose(flat, torch.full_like(flat, p.finetune.ivon_hess_init))
 
 
 def test_adamw_curvature_is_its_second_moment(scenes):

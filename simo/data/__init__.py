@@ -63,7 +63,7 @@ def scenes_root(profile: Profile, split: str) -> Path:
             arrays = {"image": arrays["image"]}
         mtan.write_split(out, split, arrays)
 
-    return cache.get_or_compute("scenes", cfg, compute, modules=("data.scenes",)).path
+    return cache.get_or_compute("scenes", cfg, compute).path
 
 
 def make_dataset(profile: Profile, split: str, fields: tuple[str, ...] | None = None,

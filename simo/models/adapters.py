@@ -3,7 +3,7 @@
 Two placements, both zero-initialised (``B = 0``) so that training starts exactly at the merged
 model:
 
-* ``"block"`` (the paper, PAPERS.md §1): after every transformer block, x ↦ x + B·A·x. The
+* ``"block"`` (the paper, docs/papers.md): after every transformer block, x ↦ x + B·A·x. The
   adapters see the merged encoder's token features and learn a low-rank correction of them.
 * ``"lora"`` (Hu et al. 2022): W ↦ W + B·A on the attention ``qkv``/``proj`` and MLP ``fc1``/``fc2``
   linear layers of every block. The variant to compare against.

@@ -27,7 +27,7 @@ class MultiTaskModel(nn.Module):
 def build_model(profile: Profile, tasks: Sequence, seed: int = 0) -> MultiTaskModel:
     """Encoder + one head per task (``tasks`` are :class:`simo.tasks.Task`), seeded random init.
 
-    Never loads ``model.weights``: a pretrained encoder comes from :func:`simo.pipeline.pretrained`
+    Never loads ``model.weights``: a pretrained encoder comes from :func:`simo.steps.pretrained`
     (checked and cached), so a model built here from scratch really starts from random weights.
     """
     m = dataclasses.replace(profile.model, weights=None)
