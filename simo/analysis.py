@@ -73,6 +73,26 @@ def label_statistics(data: dict[str, Tensor], classes: Sequence[str]) -> dict:
     return out
 
 
+def dataset_facts(results: Mapping) -> list[str]:
+    """Notebook 00's closing lines, from its results: split size, the commonest and rarest class,
+    the depth range, how sparse the edges are, and the saturation shift that θ0 must bridge."""
+    freq, depth, sat = results["class_frequency"], results["depth"], results["saturation"]
+    rare, common = min(freq, key=freq.get), max(freq, key=freq.get)
+    size = results["image_size"]
+    lines = [f"- {results['splits']['train']} training scenes of {size}x{size} px; the most common "
+             f"class is {common} ({freq[common]:.0%} of pixels), the rarest {rare} "
+             f"({freq[rare]:.1%}).",
+             f"- Depth ranges from {depth['min']:.2f} to {depth['max']:.2f} "
+             f"(median {depth['median']:.2f})."]
+    if "edge_fraction" in results:
+        lines.append(f"- Occlusion edges cover {results['edge_fraction']:.1%} of pixels: a sparse "
+                     "target.")
+    lines.append(f"- Pretraining scenes are {'less' if sat['pretrain'] < sat['task'] else 'more'} "
+                 f"saturated ({sat['pretrain']:.2f}) than task scenes ({sat['task']:.2f}): the "
+                 "encoder must transfer across a shift.")
+    return lines
+
+
 # ------------------------------------------------------------------ misalignment diagnostics -------
 
 @torch.no_grad()

@@ -9,25 +9,24 @@ re-selected for the realigned model, and measures what might explain the gap to 
 task-vector sizes and cosines, the merged encoder's feature similarity to the single-task ones,
 and how well the pretrained encoder alone serves the tasks (a linear probe).
 
-Everything is computed by the cached steps of :mod:`simo.steps` and :mod:`simo.merged`, so points that share runs
-(the profile's own values appear under every knob; single-task runs do not depend on the task
-mix) share them, and :func:`prefetch` runs the independent ones side by side with
-:mod:`simo.jobs`.
+The λ protocols, Δ_MTL and the paper's claim are :mod:`simo.protocol`'s. Everything is computed
+by the cached steps of :mod:`simo.steps` and :mod:`simo.merged`, so points that share runs (the
+profile's own values appear under every knob; single-task runs do not depend on the task mix)
+share them, and :func:`measure` runs the independent ones side by side with :mod:`simo.jobs`.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Sequence
 
-from simo import analysis, jobs
+from simo import analysis, jobs, protocol
 from simo.config import Profile, knob_profiles
 from simo.errors import ConfigError, one_of
-from simo.merged import MergeSetup, merge_setup
+from simo.merged import MergeSetup
+from simo.protocol import PAPER_CLAIM, claim_holds
 from simo.steps import finetuned, model_from, pretrained, tasks_of
-from simo.tasks import delta_mtl
 
-KINDS = ("head", "repr")
-PAPER_CLAIM = {"gap": 3.0, "steps": 6.0, "samples": 4.0}  # within 3 points, 1/6 steps, 1/4 samples
+PROBE = ("task_arithmetic", 0.0, "head")  # heads realigned on θ0 itself: the probe measure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,98 +91,39 @@ def training_jobs(pts: Sequence[Point], seeds: Sequence[int]) -> tuple[list, lis
     return pre_jobs, mtl + single
 
 
-def _val_reference(setup: MergeSetup) -> dict:
-    return setup.original("single_task", 1.0, "val")
-
-
-def _score(setup: MergeSetup, metrics: dict) -> float:
-    return delta_mtl(metrics, _val_reference(setup), setup.tasks)
-
-
-def original_lambda(setup: MergeSetup, method: str) -> float:
-    """λ chosen with the original heads on validation (the paper's code; evaluations only)."""
-    grid = setup.profile.merging.lam_grid
-    return analysis.select_on_validation(
-        lambda lam: _score(setup, setup.original(method, lam, "val")), grid)[0]
-
-
-def realigned_lambda(setup: MergeSetup, method: str,
-                     parallel: bool = True) -> tuple[float, dict[float, float]]:
-    """λ chosen for the head-realigned model: coarse-to-fine over the grid, one head
-    realignment per value tried (with ``parallel``, each round's values side by side)."""
-    p = setup.profile
-
-    def side_by_side(values: list[float]) -> None:
-        jobs.prefetch(p, [jobs.job(setup.realign, method, v) for v in values],
-                      desc=f"{method}: λ values")
-
-    return analysis.select_on_validation(
-        lambda lam: _score(setup, setup.realigned(method, lam, "val")), p.merging.lam_grid,
-        p.realign.select_stride, prefetch=side_by_side if parallel else None)
-
-
-def _second_round(setup: MergeSetup, method: str) -> list[float]:
-    """The values :func:`realigned_lambda` scores after its first round (read from the cache)."""
-    p = setup.profile
-    grid = [float(v) for v in p.merging.lam_grid]
-    first = analysis.first_round(grid, p.realign.select_stride)
-    score = {v: _score(setup, setup.realigned(method, v, "val")) for v in first}
-    b = grid.index(max(first, key=lambda v: (score[v], -v)))  # ties: the smaller λ, as there
-    return [grid[i] for i in (b - 1, b + 1) if 0 <= i < len(grid) and grid[i] not in score]
-
-
-def prefetch(pts: Sequence[Point], seeds: Sequence[int], progress_desc: str = "regime") -> None:
-    """Compute everything :func:`measure` reads, independent jobs side by side.
-
-    Order: pretrainings, then finetunes (joint MTL first: the longest), then the original-head λ
-    grids and the first round of every realigned-λ search, then (after the searches, which depend
-    on their first rounds) every realignment of every seed.
-    """
-    if not pts:
-        return
-    prof = pts[0].profile
-    pre, runs = training_jobs(pts, seeds)
-    jobs.prefetch(prof, pre, desc=f"{progress_desc}: pretraining")
-    jobs.prefetch(prof, runs, desc=f"{progress_desc}: single-task and joint MTL runs")
-    methods = list(prof.regime.methods)
-    distinct = _distinct(pts)
-    setups = {(p, s): merge_setup(p, s) for p in distinct for s in seeds}
-    first = [jobs.job(setups[p, seeds[0]].realign, m, lam) for p in distinct for m in methods
-             for lam in analysis.first_round(p.merging.lam_grid, p.realign.select_stride)]
-    evals = [jobs.job(setups[p, s].original, m, lam, "val") for p in distinct for s in seeds
-             for m in methods for lam in p.merging.lam_grid]
-    jobs.prefetch(prof, first + evals, desc=f"{progress_desc}: λ grids")
-    # the second round of every search at once (the best first-round value's neighbours); the
-    # searches then finish from the cache, computing a rare third round on their own
-    jobs.prefetch(prof, [jobs.job(setups[p, seeds[0]].realign, m, lam) for p in distinct
-                         for m in methods for lam in _second_round(setups[p, seeds[0]], m)],
-                  desc=f"{progress_desc}: λ refinements")
-    lams = {(p, m): realigned_lambda(setups[p, seeds[0]], m, parallel=False)[0]
-            for p in distinct for m in methods}
-    jobs.prefetch(prof, [jobs.job(setups[p, s].realign, m, lams[p, m], kind)
-                         for p in distinct for s in seeds for m in methods for kind in KINDS]
-                  + [jobs.job(setups[p, s].realign, "task_arithmetic", 0.0, "head")
-                     for p in distinct for s in seeds],
-                  desc=f"{progress_desc}: realignments")
-
-
 def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs))
 
 
-def measure(point: Point, seeds: Sequence[int], n_images: int = 128) -> dict:
-    """Δ_MTL of every method and the explaining measures at one point, per seed.
+def measure(pts: Sequence[Point], seeds: Sequence[int], n_images: int = 128,
+            desc: str = "regime") -> list[dict]:
+    """Δ_MTL of every method and the explaining measures at every point, per seed.
 
-    Returns ``{"delta_mtl": {method: [per seed]}, "gap": [...], "best": method,
+    Trains what the points need (pretrainings, then finetunes, side by side), runs the
+    protocol (:func:`simo.protocol.run`) for every distinct setting at once, then reads one
+    record per point: ``{"delta_mtl": {method: [per seed]}, "gap": [...], "best": method,
     "cost": {method: {"steps", "samples"}}, "measures": {name: [per seed]}, "lambda": {...},
     "plateau_gain": {"single": x, "joint_mtl": x}}``; ``gap`` = Δ(joint MTL) − Δ(best realigned
     method) for each seed, ``best`` names that method.
     """
-    p = point.profile
-    methods = list(p.regime.methods)
+    if not pts:
+        return []
+    prof = pts[0].profile
+    pre, runs = training_jobs(pts, seeds)
+    jobs.prefetch(prof, pre, desc=f"{desc}: pretraining")
+    jobs.prefetch(prof, runs, desc=f"{desc}: single-task and joint MTL runs")
+    distinct = _distinct(pts)
+    plans = [protocol.plan(p, seeds, p.regime.methods, protocols=("realigned_lambda",),
+                           extra=[PROBE]) for p in distinct]
+    records = {p: _record(st, n_images) for p, st in zip(distinct, protocol.run(plans, desc))}
+    return [records[pt.profile] for pt in pts]
+
+
+def _record(study: protocol.Study, n_images: int) -> dict:
+    """One setting's record (see :func:`measure`), read from the cache."""
+    p, methods, seeds = study.profile, study.methods, study.seeds
     tasks = tasks_of(p)
-    setups = {s: merge_setup(p, s) for s in seeds}
-    lam_r = {m: realigned_lambda(setups[seeds[0]], m, parallel=False)[0] for m in methods}
+    lam_r = {m: study.lam["realigned_lambda"][m, seeds[0]] for m in methods}
     out: dict[str, Any] = {"delta_mtl": {}, "cost": {}, "measures": {}, "lambda": {}}
 
     def add(group: str, key: str, value: Any) -> None:
@@ -191,32 +131,28 @@ def measure(point: Point, seeds: Sequence[int], n_images: int = 128) -> dict:
 
     plateau: dict[str, list[float]] = {"single": [], "joint_mtl": []}
     for s in seeds:
-        setup = setups[s]
-        single = {t.name: finetuned(p, t.name, seed=s) for t in tasks}
-        mtl = finetuned(p, list(p.tasks), seed=s)
-        ref = {t: a.meta["test"][t] for t, a in single.items()}
-        add("delta_mtl", "joint_mtl", delta_mtl(mtl.meta["test"], ref, tasks))
+        setup, single, mtl = study.plan.setups[s], study.single(s), study.mtl(s)
+        add("delta_mtl", "joint_mtl", study.delta("joint_mtl", s))
         out["cost"]["joint_mtl"] = {"steps": mtl.meta["steps"], "samples": mtl.meta["samples"]}
         plateau["joint_mtl"].append(max(analysis.plateau_gain(mtl.meta["history"], t)
                                         for t in tasks))
         plateau["single"].append(max(analysis.plateau_gain(single[t.name].meta["history"], t)
                                      for t in tasks))
         for m in methods:
-            lam_o = original_lambda(setup, m)
-            add("lambda", f"{m} (original heads)", lam_o)
-            add("delta_mtl", m, delta_mtl(setup.original(m, lam_o, "test"), ref, tasks))
-            for kind in KINDS:
-                rec = setup.realign(m, lam_r[m], kind)
-                add("delta_mtl", f"{m}+{kind}", delta_mtl(rec["test"], ref, tasks))
+            add("lambda", f"{m} (original heads)", study.lam["original_lambda"][m, s])
+            add("delta_mtl", m, study.delta(m, s))
+            for kind in protocol.REALIGNMENTS:
+                rec = study.record(f"{m}+{kind}", s)
+                add("delta_mtl", f"{m}+{kind}", study.delta_of(rec["test"], s))
                 out["cost"][f"{m}+{kind}"] = {"steps": rec["steps"], "samples": rec["samples"]}
-        probe = setup.realign("task_arithmetic", 0.0, "head")
-        add("measures", "probe", delta_mtl(probe["test"], ref, tasks))
+        add("measures", "probe", study.delta_of(setup.realign(*PROBE)["test"], s))
         for name, v in explain(setup, lam_r[methods[0]], n_images).items():
             add("measures", name, v)
     out["lambda"].update({f"{m} (realigned)": lam_r[m] for m in methods})
     # the best realigned method by its mean over seeds (not a per-seed oracle pick)
     d = out["delta_mtl"]
-    out["best"] = max((f"{m}+{k}" for m in methods for k in KINDS), key=lambda k: _mean(d[k]))
+    out["best"] = max((f"{m}+{k}" for m in methods for k in protocol.REALIGNMENTS),
+                      key=lambda k: _mean(d[k]))
     out["gap"] = [a - b for a, b in zip(d["joint_mtl"], d[out["best"]])]
     out["plateau_gain"] = {k: max(v) for k, v in plateau.items()}
     return out
@@ -248,17 +184,6 @@ def explain(setup: MergeSetup, lam: float, n_images: int = 128) -> dict[str, flo
     return {"tv_norm": _mean(rel), "tv_cosine": _mean(pairs) if pairs else 1.0,
             "cka_last": _mean([analysis.linear_cka(merged, f) for f in singles]),
             "cosine_last": _mean([analysis.mean_cosine(merged, f) for f in singles])}
-
-
-def claim_holds(delta: dict[str, float], cost: dict[str, dict], method: str) -> dict:
-    """Does ``method`` meet the paper's claim against joint MTL (PAPER_CLAIM): within 3 points,
-    at most 1/6 of its optimizer steps and 1/4 of its labelled samples?"""
-    gap = delta["joint_mtl"] - delta[method]
-    steps = cost["joint_mtl"]["steps"] / max(cost[method]["steps"], 1)
-    samples = cost["joint_mtl"]["samples"] / max(cost[method]["samples"], 1)
-    return {"gap": gap, "steps_ratio": steps, "samples_ratio": samples,
-            "holds": bool(gap <= PAPER_CLAIM["gap"] and steps >= PAPER_CLAIM["steps"]
-                          and samples >= PAPER_CLAIM["samples"])}
 
 
 def training_seconds(pts: Sequence[Point], seeds: Sequence[int]) -> float:
@@ -345,3 +270,53 @@ def best_regime(sweeps: dict[str, list[dict]]) -> dict:
             "steps_ratio": e["claim"]["steps_ratio"], "samples_ratio": e["claim"]["samples_ratio"],
             "within_cost": bool(cheap), "holds": e["claim"]["holds"],
             "any_holds": any(e["claim"]["holds"] for _, e in entries)}
+
+
+def facts(results: dict) -> dict[str, Any]:
+    """What notebook 06's results say, as numbers and sentences: the gap's range, its trend under
+    each knob, the measure that tracks it, which side it follows, the plateaus and the claim."""
+    sweeps, corr, top = results["sweeps"], results["correlations"], results["most_predictive"]
+    gaps = [(k, e) for k, v in sweeps.items() for e in v]
+    lo, hi = min(gaps, key=lambda ke: ke[1]["gap"]), max(gaps, key=lambda ke: ke[1]["gap"])
+    trends = []
+    for k, v in sweeps.items():
+        first, last = v[0]["gap_seeds"], v[-1]["gap_seeds"]
+        trend = ("falls (realignment catches up)" if max(last) < min(first) else
+                 "rises (joint MTL pulls ahead)" if min(last) > max(first) else
+                 "does not move beyond the spread of its seeds")
+        steps = [b["gap"] - a["gap"] for a, b in zip(v, v[1:])]
+        if trend[0] in "fr" and not (all(x <= 0 for x in steps) or all(x >= 0 for x in steps)):
+            trend += ", not monotonically"
+        trends.append(f"{k}: from {v[0]['label']} to {v[-1]['label']} the gap {trend} ("
+                      + ", ".join(f"{e['gap']:+.1f}" for e in v) + ").")
+    j, b = results["gap_sources"]["joint_mtl"], results["gap_sources"]["best_realigned"]
+    side = [("the realigned merge", b), ("joint MTL", j)]
+    (name, x), (other, y) = side if abs(b["r"]) > abs(j["r"]) else side[::-1]
+    gains = [(g, (k, e["label"], base)) for k, e in gaps for base, g in e["plateau_gain"].items()
+             if g == g]  # NaN: no curve to judge (as pandas skips it)
+    worst, (wk, wv, wb) = max(gains, key=lambda gw: gw[0])
+    single = max((g for g, w in gains if w[2] == "single"), default=float("nan"))
+    best = results["best_regime"]
+    return {
+        "range": f"from {lo[1]['gap']:+.1f} points ({lo[0]} = {lo[1]['label']}, best: "
+                 f"{lo[1]['best_method']}) to {hi[1]['gap']:+.1f} ({hi[0]} = {hi[1]['label']})",
+        "trends": trends, "settings": len({e["setting"] for _, e in gaps}), "top": top,
+        "top_r": corr[top], "weak": ", a weak link" if abs(corr[top]) < 0.6 else "",
+        "others": ", ".join(f"{m} {r:+.2f}" for m, r in corr.items() if m != top),
+        "follows": f"The gap follows {name} (Pearson r {x['r']:+.2f}; its Δ_MTL spans "
+                   f"{x['range'][0]:+.1f} to {x['range'][1]:+.1f}) more than {other} (r "
+                   f"{y['r']:+.2f}; {y['range'][0]:+.1f} to {y['range'][1]:+.1f}).",
+        "plateau": f"{worst:.1%} ({wb} at {wk} = {wv}; single-task runs at most {single:.1%})"
+                   + (": all flattened." if worst < 0.02 else ": not every baseline has flattened"
+                      + (", but a joint MTL that would still improve could only widen its gap."
+                         if wb == "joint_mtl" else ": read small gaps with care.")),
+        "claim": f"The paper's claim holds at {best['knob']} = {best['label']}: {best['method']} "
+                 f"is {best['gap']:+.1f} points from joint MTL with 1/{best['steps_ratio']:.1f} "
+                 f"of its steps and 1/{best['samples_ratio']:.1f} of its labelled images."
+        if best["any_holds"] else
+        "No tested regime bears out the paper's claim (within 3 points at ≤ 1/6 of the steps and "
+        "≤ 1/4 of the labelled images). Smallest gap" + (" within those costs" if
+                                                          best["within_cost"] else
+                                                          " (no point meets the costs)")
+        + f": {best['knob']} = {best['label']}, {best['method']}, {best['gap']:+.1f} points "
+          f"(steps ratio {best['steps_ratio']:.1f}, samples ratio {best['samples_ratio']:.1f})."}

@@ -9,7 +9,7 @@ profile's encoder, random weights and the first study's weak SimMIM θ0, at equa
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from torch import Tensor
 
@@ -190,3 +190,44 @@ def points(task: Task, metrics: dict[str, float], ref: dict[str, float]) -> floa
 def gain_pct(task: Task, value: float, ref: float) -> float:
     """How much better ``value`` is than ``ref`` on the task's main metric, in % of ``ref``."""
     return 100 * (value - ref) / ref * (1 if higher_is_better(task) else -1)
+
+
+def facts(results: Mapping, plateau_tol: float) -> list[str]:
+    """Notebook 01's closing lines, from its results: per task, how much θ0 gives over scratch and
+    the weak θ0, how readable its frozen features are, task arithmetic from each θ0, and whether
+    the single-task runs reached their plateau (a relative move < ``plateau_tol``)."""
+    evidence, plateau = results["foundation"], results["plateau_gain"]
+    ev, ta = evidence["tasks"], evidence["task_arithmetic"]
+    lines = [f"- θ0: {evidence['objective']} (sha256 {str(evidence['weights_sha256'])[:12]}…)."]
+    for n, r in ev.items():
+        g, gw, b = r["gain_vs_scratch_pct"], r["gain_vs_weak_pct"], r["by_init"]
+        lines.append(
+            f"  {n}: probe {r['probe_points']:.0f} points; finetuned {g['mean']:+.1f} % over "
+            f"scratch [{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}], {gw['mean']:+.1f} % over the weak "
+            f"θ0, {r['gain_vs_scratch_2x_steps_pct']:+.1f} % over scratch at twice the steps; 95 % "
+            f"after {r['steps_to_95pct']} steps (scratch {b['steps_to_95pct']['scratch']}); "
+            f"‖τ‖/‖θ0‖ {r['tv_norm_ratio']:.3f} (weak θ0: {b['tv_norm_ratio']['weak']:.3f}).")
+    clear = [n for n, r in ev.items() if r["gain_vs_scratch_pct"]["ci95"][0] >= 10]
+    lines.append(f"- Finetuning from θ0 beats scratch by >= 10 % (whole CI) on {len(clear)}/"
+                 f"{len(ev)} tasks" + ("." if len(clear) == len(ev) else
+                                       f"; not on: {sorted(set(ev) - set(clear))}."))
+    low = [n for n, r in ev.items() if r["probe_points"] < 70]
+    lines.append(f"- The frozen probe reaches 70 normalized points on {len(ev) - len(low)}/{len(ev)} "
+                 "tasks" + ("." if not low else f"; below on: {low}."))
+    for n in low:
+        r = ev[n]
+        limit = ("frozen features, not the probe, are the limit." if
+                 r["probe_points_finetuned_encoder"] - r["probe_points_long"] > 10 else
+                 "probe's budget or head is the limit.")
+        lines.append(f"  {n}: {r['probe_points']:.0f} points; 5x the probe's steps "
+                     f"{r['probe_points_long']:.0f}; the same probe on the finetuned encoder "
+                     f"{r['probe_points_finetuned_encoder']:.0f}: the {limit}")
+    lines.append(f"- Task arithmetic with the original heads (λ on val): Δ_MTL "
+                 f"{ta['foundation']['delta_mtl']:+.1f} (λ {ta['foundation']['lam']}) from the "
+                 f"foundation θ0, {ta['weak']['delta_mtl']:+.1f} (λ {ta['weak']['lam']}) from the "
+                 "weak θ0 (normalized convention, test).")
+    moved = ", ".join(f"{k} {v:+.1%}" for k, v in plateau.items())
+    lines.append(f"- {sum(abs(v) < plateau_tol for v in plateau.values())}/{len(plateau)} "
+                 f"single-task runs moved less than {plateau_tol:.0%} over their last quarter "
+                 f"({moved}).")
+    return lines

@@ -201,3 +201,18 @@ def test_off_diagonal_order_and_task_vector_cosines():
     assert per_block["other"]["a"]["b"] == pytest.approx(-1.0)
     assert overall["a"]["a"] == pytest.approx(1.0)
     assert overall["a"]["b"] == pytest.approx(5.0 / (2.0 * 23 ** 0.5))  # dot 5, norms 2 and √23
+
+
+def test_dataset_facts_name_the_extreme_classes_and_the_saturation_shift():
+    results = {"class_frequency": {"wall": 0.6, "chair": 0.01, "floor": 0.39},
+               "splits": {"train": 256}, "image_size": 64,
+               "depth": {"min": 0.5, "median": 2.0, "max": 9.0},
+               "saturation": {"pretrain": 0.2, "task": 0.4}}
+    lines = analysis.dataset_facts(results)
+    assert lines[0] == ("- 256 training scenes of 64x64 px; the most common class is wall (60% of "
+                        "pixels), the rarest chair (1.0%).")
+    assert "from 0.50 to 9.00 (median 2.00)" in lines[1]
+    assert len(lines) == 3 and "are less saturated (0.20) than task scenes (0.40)" in lines[2]
+    more = analysis.dataset_facts({**results, "edge_fraction": 0.05,
+                                   "saturation": {"pretrain": 0.5, "task": 0.4}})
+    assert "Occlusion edges cover 5.0%" in more[2] and "are more saturated" in more[3]
