@@ -1,45 +1,43 @@
 """Every notebook executes end to end on the smoke profile (papermill, fresh cache).
 
-This is the fourth test layer: it is what `make figures` does, at CI scale. Notebooks share one
-temporary cache so later notebooks reuse earlier artifacts, as in a real batch run.
+This is the fourth test layer: it is what `python -m simo figures -o jobs.workers 2` does, at CI
+scale. Each notebook runs once per session (the ``smoke_run`` fixture, in conftest): its check here
+and its results contract read what that execution wrote. Notebooks share one temporary cache, so
+later notebooks reuse earlier artifacts, as in a batch run.
 """
 from __future__ import annotations
 
 import json
 import os
 
+import nbformat
 import pytest
 
+from conftest import SMOKE_PARAMS
 from real_fixtures import write_nyuv2
 from simo import paths, runner
 from simo.config import load_profile, setting
 
 
-@pytest.fixture(scope="module")
-def nb_cache(tmp_path_factory):
-    d = tmp_path_factory.mktemp("nbcache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SIMO_CACHE", str(d))  # inherited by the papermill kernels
-    yield d
-    mp.undo()
-
-
 @pytest.mark.parametrize("notebook", list(runner.NOTEBOOKS))
-def test_notebook_runs_on_smoke(notebook, nb_cache, tmp_path):
-    rec = runner.run_notebook(notebook, "smoke", out_dir=tmp_path)
-    assert rec.status == "ok", rec.error
-    results = json.loads((paths.figures_dir("smoke", notebook) / "results.json").read_text())
-    assert results["meta"]["profile"] == "smoke"
-    pngs = list(paths.figures_dir("smoke", notebook).glob("*.png"))
-    assert pngs, "the notebook saved no figure"
+def test_notebook_runs_on_smoke(notebook, smoke_run):
+    run = smoke_run(notebook)
+    assert run.record.status == "ok", run.record.error
+    assert run.record.figures_dir == paths.figures_dir("smoke", notebook)
+    assert run.results["meta"]["profile"] == "smoke"
+    assert list(run.figures.glob("*.png")), "the notebook saved no figure"
+    cells = nbformat.read(run.notebook, as_version=4).cells
+    errors = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors and all(c.get("execution_count") for c in cells
+                              if c.cell_type == "code" and c.source.strip()), "a cell did not run"
 
 
-def test_results_contract_of_01(nb_cache, tmp_path):
+def test_results_contract_of_01(smoke_run):
     """01's results.json has pretrained and scratch metrics for every task (issue contract)."""
-    rec = runner.run_notebook("01_pretrain_and_finetune", "smoke", out_dir=tmp_path)
-    assert rec.status == "ok", rec.error
-    res = json.loads((paths.figures_dir("smoke", "01_pretrain_and_finetune") / "results.json")
-                     .read_text())
+    run = smoke_run("01_pretrain_and_finetune")
+    assert run.record.status == "ok", run.record.error
+    res = run.results
     for task, main in res["main_metric"].items():
         for init in ("pretrained", "scratch", "weak"):
             assert main in res["tasks"][task][init]
@@ -55,11 +53,11 @@ def test_results_contract_of_01(nb_cache, tmp_path):
         assert row["tv_norm_ratio"] > 0
 
 
-def test_results_contract_of_03(nb_cache, tmp_path):
+def test_results_contract_of_03(smoke_run):
     """03's results.json: Δ_MTL mean/CI/seeds, steps and samples per method (issue contract)."""
-    rec = runner.run_notebook("03_realignment", "smoke", out_dir=tmp_path)
-    assert rec.status == "ok", rec.error
-    res = json.loads((paths.figures_dir("smoke", "03_realignment") / "results.json").read_text())
+    run = smoke_run("03_realignment")
+    assert run.record.status == "ok", run.record.error
+    res = run.results
     keys = {"joint_mtl", "task_arithmetic", "ties", "task_arithmetic+head", "task_arithmetic+repr",
             "ties+head", "ties+repr"}
     seeds = res["seeds"]
@@ -74,14 +72,12 @@ def test_results_contract_of_03(nb_cache, tmp_path):
     assert res["steps"]["task_arithmetic+repr"] > 0 and res["steps"]["task_arithmetic+head"] > 0
 
 
-def test_results_contract_of_05(nb_cache, tmp_path):
+def test_results_contract_of_05(smoke_run):
     """05's results.json: MAE/Spearman per method and task, regret, hypervolume gap, cost ratio,
     with both readings (realigned and original heads), for the four methods (issue contract)."""
-    res_path = paths.figures_dir("smoke", "05_previews") / "results.json"
-    if not res_path.exists():
-        rec = runner.run_notebook("05_previews", "smoke", out_dir=tmp_path)
-        assert rec.status == "ok", rec.error
-    res = json.loads(res_path.read_text())
+    run = smoke_run("05_previews")
+    assert run.record.status == "ok", run.record.error
+    res = run.results
     methods = {"isotropic", "adamw_sg", "ivon_hess", "multi_ivon_hess"}
     for table in ("quality", "quality_original_heads"):
         assert set(res[table]) == methods
@@ -108,22 +104,23 @@ def test_unknown_parameter_is_one_line_error(tmp_path):
         runner.run_notebook("00_data_and_tasks", "smoke", {"lamda": 1}, out_dir=tmp_path)
 
 
-def test_failing_notebook_names_cell_and_error(nb_cache, tmp_path):
+def test_failing_notebook_names_cell_and_error(tmp_cache, tmp_path):
     rec = runner.run_notebook("00_data_and_tasks", "smoke", {"dataset": "nyuv2"}, out_dir=tmp_path)
     assert rec.status == "failed"
     assert "DataError" in rec.error and "data_root" in rec.error and "\n" not in rec.error
 
 
-def test_same_profile_and_seed_give_identical_results(nb_cache, tmp_path, monkeypatch):
-    """Determinism: 01 rerun from an empty cache writes byte-identical results.json."""
-    res = paths.figures_dir("smoke", "01_pretrain_and_finetune") / "results.json"
-    if not res.exists():
-        assert runner.run_notebook("01_pretrain_and_finetune", "smoke", out_dir=tmp_path).status == "ok"
-    first = res.read_text()
+def test_same_profile_and_seed_give_identical_results(smoke_run, tmp_path, monkeypatch):
+    """Determinism: 01 rerun from an empty cache writes byte-identical results.json to this
+    session's run (pretraining, finetuning and every evaluation computed twice)."""
+    first = smoke_run("01_pretrain_and_finetune")
+    assert first.record.status == "ok", first.record.error
     monkeypatch.setenv("SIMO_CACHE", str(tmp_path / "fresh-cache"))
-    rec = runner.run_notebook("01_pretrain_and_finetune", "smoke", out_dir=tmp_path)
+    rec = runner.run_notebook("01_pretrain_and_finetune", "smoke", SMOKE_PARAMS, out_dir=tmp_path,
+                              progress=False)
     assert rec.status == "ok", rec.error
-    assert res.read_text() == first
+    assert (tmp_path / "fresh-cache" / "pretrained").is_dir()  # the kernel pretrained anew
+    assert (rec.figures_dir / "results.json").read_text() == first.results_text
 
 
 @pytest.fixture
@@ -161,14 +158,12 @@ def test_notebook_02_runs_on_the_nyuv2_fixture(nb_env):
     assert not (nb_env / "cache" / "pretrained").exists()
 
 
-def test_results_contract_of_06(nb_cache, tmp_path):
+def test_results_contract_of_06(smoke_run):
     """06's results.json: per knob a list of points with value, gap, its CI and Δ_MTL per method;
     the best regime (issue contract)."""
-    res_path = paths.figures_dir("smoke", "06_regimes") / "results.json"
-    if not res_path.exists():
-        rec = runner.run_notebook("06_regimes", "smoke", out_dir=tmp_path)
-        assert rec.status == "ok", rec.error
-    res = json.loads(res_path.read_text())
+    run = smoke_run("06_regimes")
+    assert run.record.status == "ok", run.record.error
+    res = run.results
     knobs = load_profile("smoke").regime.knobs
     assert set(res["sweeps"]) == {k.name for k in knobs}
     for k in knobs:

@@ -1,67 +1,93 @@
-"""Runs are reproducible: killed with SIGKILL mid-training, a rerun resumes to exactly what an
-uninterrupted run gives; two cold runs of the same profile and seed write the same results."""
+"""A cached step killed with SIGKILL mid-training leaves nothing half-written under its key, and a
+rerun resumes from its last checkpoint to exactly what an uninterrupted run gives.
+
+The step runs directly (``steps.finetuned`` on the tiny smoke profile), in a subprocess that
+stops at a known optimizer step after a checkpoint, so the kill lands mid-training every time.
+(Determinism of a whole notebook from an empty cache is checked in ``test_notebooks.py``.)
+"""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from simo import paths, runner
+import pytest
+import torch
 
-NB = "01_pretrain_and_finetune"
-# long enough to be caught mid-run, with a resumable checkpoint every 10 steps
-OVERRIDES = {"finetune.steps": 120, "finetune.ckpt_every": 10, "finetune.eval_every": 40}
-ARGS = [sys.executable, "-m", "simo", "figures", "--profile", "smoke", "--only", "01",
-        *[a for k, v in OVERRIDES.items() for a in ("-o", k, str(v))]]
+from simo import cache, paths, steps, train
+from tests.conftest import tiny_profile
+
+TASK = "depth"
+PAUSE_AT = 5  # TINY: head 2 + full 4 optimizer steps, checkpoints after steps 2 and 4
+CHECKPOINT = 4
+
+# The child finishes pretraining, then finetunes and blocks at step PAUSE_AT (a checkpoint at
+# step CHECKPOINT is on disk by then) until the test kills it. One thread, like the test process,
+# so both compute the same bits.
+CHILD = f"""
+import sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from simo import steps, train
+from tests.conftest import tiny_profile
+p = tiny_profile()
+steps.pretrained(p, progress=False)
+real = train.step_generator
+def paused(seed, step):
+    if step == {PAUSE_AT}:
+        Path(sys.argv[1]).touch()
+        time.sleep(600)
+    return real(seed, step)
+train.step_generator = paused
+steps.finetuned(p, {TASK!r}, seed=0, progress=False)
+"""
 
 
-def _run(cache, **kw):
-    env = {**os.environ, "SIMO_CACHE": str(cache)}
-    return subprocess.Popen(ARGS, env=env, cwd=paths.ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True, **kw)
-
-
-def _results() -> dict:
-    # non-default parameters: the run writes under build/runs/<id>/
-    _, where = runner.destination(NB, "smoke", {"profile": "smoke", "overrides": OVERRIDES})
-    assert "runs" in where.parts
-    res = json.loads((where / "results.json").read_text())
-    res.pop("meta")  # provenance (commit, versions) is the same; timestamps are not the point
-    return res
-
-
-def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_results(tmp_path):
-    assert _run(tmp_path / "clean").wait(timeout=600) == 0
-    clean = _results()
-
-    cache = tmp_path / "killed"
-    proc = _run(cache)
+def _killed_mid_training(cache_root, flag):
+    """Start the child on ``cache_root``, wait until it is blocked mid-training, SIGKILL it."""
+    env = {**os.environ, "SIMO_CACHE": str(cache_root)}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(flag)], env=env, cwd=paths.ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    ckpts = []
-    while time.time() < deadline and proc.poll() is None and not ckpts:
-        ckpts = list(cache.glob("finetuned/*.partial/ckpt.json"))
-        time.sleep(0.2)
-    assert ckpts, "the run ended before any finetuning checkpoint was written"
-    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its notebook kernel, mid-training
-    proc.wait()
-    left = list(cache.glob("finetuned/*.tmp-*")) + list(cache.glob("finetuned/*.partial"))
-    assert left, "a kill mid-training leaves its partial state behind"
-
-    assert _run(cache).wait(timeout=600) == 0
-    assert _results() == clean
-    assert not list(cache.glob("finetuned/*.partial")) + list(cache.glob("finetuned/*.tmp-*")), \
-        "the rerun leaves neither checkpoints nor half-written entries behind"
+    while not flag.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if not flag.exists():
+        proc.kill()
+        pytest.fail(f"the child never reached step {PAUSE_AT}: {proc.communicate()[1][-2000:]!r}")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
 
 
-def test_same_profile_and_seed_twice_gives_identical_results(tmp_path):
-    """Determinism: two cold runs (separate caches) of a notebook write the same results.json."""
-    out = []
-    for name in ("a", "b"):
-        env = {**os.environ, "SIMO_CACHE": str(tmp_path / name)}
-        subprocess.run([sys.executable, "-m", "simo", "figures", "--profile", "smoke", "--only",
-                        "00"], env=env, cwd=paths.ROOT, check=True, capture_output=True)
-        out.append((paths.figures_dir("smoke", "00_data_and_tasks") / "results.json").read_text())
-    assert out[0] == out[1]
+def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    p = tiny_profile()
+    monkeypatch.setenv("SIMO_CACHE", str(tmp_path / "clean"))
+    clean = steps.finetuned(p, TASK, seed=0, progress=False)
+
+    killed = tmp_path / "killed"
+    _killed_mid_training(killed, tmp_path / "paused")
+    root = killed / "finetuned"
+    assert not (root / clean.key).exists(), "a killed run left an entry under the final key"
+    assert cache.load_json(root / f"{clean.key}.partial" / "ckpt.json")["step"] == CHECKPOINT
+    assert list(root.glob(f"{clean.key}.tmp-*")), "the killed writer worked in its scratch dir"
+    assert (killed / "pretrained").is_dir()  # the step before it finished and stays
+
+    real, calls = train.step_generator, []
+    monkeypatch.setattr(train, "step_generator",
+                        lambda seed, step: calls.append(step) or real(seed, step))
+    monkeypatch.setenv("SIMO_CACHE", str(killed))
+    resumed = steps.finetuned(p, TASK, seed=0, progress=False)
+    total = p.finetune.head_steps + p.finetune.steps
+    # every optimizer step draws one generator (pretraining too): only the steps after the
+    # checkpoint ran, so the rerun resumed and reused the finished pretrained encoder
+    assert calls == list(range(CHECKPOINT, total)), "the rerun did not resume from the checkpoint"
+
+    assert resumed.key == clean.key
+    got, want = resumed.tensors(), clean.tensors()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert {k: v for k, v in resumed.meta.items() if k != "seconds"} == \
+        {k: v for k, v in clean.meta.items() if k != "seconds"}
+    assert sorted(e.name for e in root.iterdir() if not e.name.startswith(".")) == [clean.key], \
+        "the rerun leaves neither a checkpoint nor a half-written entry behind"

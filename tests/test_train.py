@@ -33,6 +33,13 @@ def _run(profile, tasks, train_data, val, seed=0, **kw):
     return model, res
 
 
+@pytest.fixture(scope="module")
+def depth_run(scenes):
+    """(model, result) of one default AdamW finetune on depth, for the tests that only read it."""
+    p, tr, val = scenes
+    return _run(p, get_tasks(["depth"]), tr, val)
+
+
 # ------------------------------------------------------------------------------- schedule
 
 
@@ -143,21 +150,17 @@ def test_head_phase_leaves_the_encoder_untouched(scenes):
     assert any(k.startswith("normals.") for k in changed)
 
 
-def test_finetune_keeps_the_final_norm_frozen(scenes):
-    p, tr, val = scenes
-    tasks = get_tasks(["depth"])
-    model, _ = _run(p, tasks, tr, val)
+def test_finetune_keeps_the_final_norm_frozen(depth_run):
+    model, _ = depth_run
     assert all(not q.requires_grad for q in model.encoder.vit.norm.parameters())
     assert all(q.requires_grad for q in model.heads.parameters())
     assert all(q.requires_grad for n, q in model.encoder.vit.named_parameters()
                if not n.startswith("norm."))
 
 
-def test_full_phase_trains_the_encoder(scenes):
-    p, tr, val = scenes
-    tasks = get_tasks(["depth"])
-    model, _ = _run(p, tasks, tr, val)
-    ref = build_model(p, tasks, seed=0)
+def test_full_phase_trains_the_encoder(scenes, depth_run):
+    model, _ = depth_run
+    ref = build_model(scenes[0], get_tasks(["depth"]), seed=0)
     w = "vit.blocks.0.attn.qkv.weight"
     assert not torch.equal(model.encoder.state_dict()[w], ref.encoder.state_dict()[w])
 
@@ -254,9 +257,8 @@ def test_ivon_learns_a_hessian_and_its_noise_is_seeded_not_global(scenes):
     assert (flat > 0).all() and not torch.allclose(flat, torch.full_like(flat, p.finetune.ivon_hess_init))
 
 
-def test_adamw_curvature_is_its_second_moment(scenes):
-    p, tr, val = scenes
-    model, res = _run(p, get_tasks(["depth"]), tr, val)
+def test_adamw_curvature_is_its_second_moment(depth_run):
+    model, res = depth_run
     curv = train.curvature(model, res.optimizer, "encoder.vit.")
     w = model.encoder.vit.blocks[0].attn.qkv.weight
     assert torch.equal(curv["blocks.0.attn.qkv.weight"], res.optimizer.state[w]["exp_avg_sq"])
