@@ -139,7 +139,7 @@ def first_round(grid: Sequence[float], stride: int = 1) -> list[float]:
     return [values[i] for i in sorted(set(range(0, len(values), stride)) | {len(values) - 1})]
 
 
-def search(grid: Sequence[float], stride: int = 1
+def search(grid: Sequence[float], stride: int = 1, bounds: tuple[float, float] | None = None
            ) -> Generator[list[float], dict[float, float], tuple[float, dict[float, float]]]:
     """The paper's λ protocol as a generator: yields the grid values to score next, is sent their
     validation scores (higher = better), and returns the best value and every score it saw.
@@ -148,25 +148,47 @@ def search(grid: Sequence[float], stride: int = 1
     (for expensive scores, e.g. a realignment per value) only every k-th value and the last are
     scored first (:func:`first_round`), then the neighbours of the current best until both of its
     neighbours are scored: a coarse-to-fine search that finds the grid's best value whenever the
-    curve is unimodal. As a generator, many searches can advance in lockstep, each round's values
-    of all of them computed side by side (:func:`simo.protocol.run_searches`).
+    curve is unimodal. ``bounds`` (lo, hi) lets the grid grow: while the best value sits on an
+    edge of the grid, one more value at the edge's spacing is added beyond it, until the best is
+    interior or the bound is reached (a choice at the grid's edge says the grid was too narrow).
+    As a generator, many searches can advance in lockstep, each round's values of all of them
+    computed side by side (:func:`simo.protocol.run_searches`).
     """
     values = [float(v) for v in grid]
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    lo, hi = bounds if bounds is not None else (values[0], values[-1])
     scores: dict[float, float] = {}
 
     def best_index() -> int:
         return max((i for i, v in enumerate(values) if v in scores),
                    key=lambda i: (scores[values[i]], -values[i]))
 
+    def widen(b: int) -> int:
+        """Add a value beyond the best if it is on an edge and the bounds allow; new index of b."""
+        if len(values) > 1 and b == len(values) - 1:
+            v = round(2 * values[-1] - values[-2], 10)
+            if v <= hi + 1e-12:
+                values.append(v)
+        elif len(values) > 1 and b == 0:
+            v = round(2 * values[0] - values[1], 10)
+            if v >= lo - 1e-12:
+                values.insert(0, v)
+                return b + 1
+        return b
+
     todo = [values.index(v) for v in first_round(values, stride)]
     while todo:
         got = yield [values[i] for i in todo]
         scores.update({float(v): float(x) for v, x in got.items()})
-        b = best_index()
+        b = widen(best_index())
         todo = [i for i in (b - 1, b + 1) if 0 <= i < len(values) and values[i] not in scores]
     return values[best_index()], {v: scores[v] for v in values if v in scores}
+
+
+def is_interior(value: float, scores: Mapping[float, float]) -> bool:
+    """Is ``value`` strictly inside the values a search scored (not on the edge it searched)?"""
+    return min(scores) < value < max(scores)
 
 
 def select_on_validation(score: Callable[[float], float], grid: Sequence[float], stride: int = 1,

@@ -8,9 +8,11 @@ module names no method, and ``single_task`` (the reference) is a method like the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -20,7 +22,7 @@ from simo.data import make_dataset, subset
 from simo.errors import MergeError, TaskError, one_of
 from simo.merging import METHODS, fisher_diagonal, merge, method_params
 from simo.steps import heads_of, load_finetuned, pretrained, single_task_models, tasks_of
-from simo.tasks import Task
+from simo.tasks import Task, delta_mtl
 from simo.train import evaluate, sample_batch, step_generator
 
 SWEEP_HEADS = ("original", "pretrained")  # heads that read a task-vector sweep (MergeSetup.sweep)
@@ -37,6 +39,18 @@ def encoders_for(method: str, pretrained_sd: dict, finetuned_sds: list[dict], ta
     return {t: shared for t in task_names}
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside: a reduction's order, and so its last bits, depend on the
+    thread count, and a cached result must not depend on the machine that computed it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def fisher_of(profile: Profile, art: cache.Artifact, task: str, seed: int = 0,
               batches: int | None = None) -> dict:
     """Diagonal (empirical) Fisher of a single-task model's encoder on its own task's loss, over
@@ -46,8 +60,9 @@ def fisher_of(profile: Profile, art: cache.Artifact, task: str, seed: int = 0,
     train = make_dataset(profile, "train")
     batches = [sample_batch(train, profile.finetune.batch_size, step_generator(seed, i), False)[0]
                for i in range(batches or profile.merging.fisher_batches)]
-    f = fisher_diagonal(model.encoder.vit, batches,
-                        lambda _vit, b: t.loss(model(b["image"])[task], b[t.target]))
+    with one_thread():  # sums of squares in a fixed order: the same bits on any core count
+        f = fisher_diagonal(model.encoder.vit, batches,
+                            lambda _vit, b: t.loss(model(b["image"])[task], b[t.target]))
     return {k: f.get(k, torch.zeros_like(v)) for k, v in model.encoder.vit.state_dict().items()}
 
 
@@ -142,8 +157,12 @@ class MergeSetup:
                 if "task" in METHODS[method].needs:
                     raise MergeError(f"representation realignment needs one shared encoder; "
                                      f"{method!r} gives each task its own")
+                ref, val = self.original("single_task", 1.0, "val"), self.data("val")
                 model, cost = realign.realign_representation(
-                    self.profile, self.tasks, enc[self.names[0]], self.heads, small, self.seed)
+                    self.profile, self.tasks, enc[self.names[0]], self.heads, small, self.seed,
+                    score=lambda m: delta_mtl(evaluate(m, self.tasks, val,
+                                                       self.profile.eval_batch_size),
+                                              ref, self.tasks))
                 score = lambda split: evaluate(model, self.tasks, self.data(split),  # noqa: E731
                                                self.profile.eval_batch_size)
             return {"val": score("val"), "test": score("test"), **cost}

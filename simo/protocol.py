@@ -15,16 +15,15 @@ so the batching changes when things are computed, never what they are.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Hashable, Mapping, Sequence
-
-import numpy as np
 
 from simo import analysis, jobs, realign
 from simo.config import Profile, with_settings
 from simo.merged import MergeSetup, merge_setup
 from simo.merging import method_params
-from simo.steps import finetuned, tasks_of
-from simo.tasks import delta_label, delta_mtl
+from simo.steps import finetuned
+from simo.tasks import delta_mtl
 
 # the paper's claim: within 3 points of joint MTL, with ≤ 1/6 of its steps, ≤ 1/4 of its samples
 PAPER_CLAIM = {"gap": 3.0, "steps": 6.0, "samples": 4.0}
@@ -37,6 +36,9 @@ REALIGNMENTS = tuple(realign.SETTINGS)  # the kinds of realignment: head, repr
 BUDGET_KEYS = {"head": "head_steps", "repr": "adapter_steps"}  # what a budget fraction scales
 REFERENCES = ("runs", "merged")  # single-task test metrics: the runs' own, or re-evaluated
 COST_FIELDS = ("steps", "samples", "seconds")
+LAM_BOUNDS = (0.0, 3.0)  # a λ search widens its grid up to 3 while the best λ is on its edge
+LR_STEPS = (-1.0, 0.0, 1.0)  # adapter lr search: realign.adapter_lr × 3^k, widened within ±3
+LR_BOUNDS = (-3.0, 3.0)
 
 
 def claim_holds(delta: Mapping[str, float], cost: Mapping[str, Mapping], method: str) -> dict:
@@ -61,6 +63,7 @@ class Search:
     stride: int
     job: Callable[[float], jobs.Job]
     score: Callable[[float], float]
+    bounds: tuple[float, float] | None = None  # let the grid widen within these (analysis.search)
 
 
 def run_searches(profile: Profile, searches: Mapping[Hashable, Search], desc: str = "λ search",
@@ -69,7 +72,7 @@ def run_searches(profile: Profile, searches: Mapping[Hashable, Search], desc: st
     """Run many :func:`simo.analysis.search` generators in lockstep: each round, every unfinished
     search's values become jobs, computed in one batch (``first``: extra jobs for round 1), then
     scored. Returns each search's best value and scores, as one search at a time would."""
-    gens = {k: analysis.search(s.grid, s.stride) for k, s in searches.items()}
+    gens = {k: analysis.search(s.grid, s.stride, s.bounds) for k, s in searches.items()}
     todo = {k: next(g) for k, g in gens.items()}
     found: dict[Hashable, tuple[float, dict[float, float]]] = {}
     extra, n = list(first), 0
@@ -109,18 +112,45 @@ def _val_score(setup: MergeSetup, convention: str) -> Callable[[dict], float]:
 def original_search(setup: MergeSetup, method: str, convention: str = "normalized") -> Search:
     """λ with the original heads: every grid value (methods without λ: just 1.0)."""
     p, score = setup.profile, _val_score(setup, convention)
-    grid = p.merging.lam_grid if "lam" in method_params(method) else (1.0,)
+    has_lam = "lam" in method_params(method)
+    grid = p.merging.lam_grid if has_lam else (1.0,)
     return Search(tuple(float(v) for v in grid), 1,
                   lambda lam: jobs.job(setup.original, method, lam, "val"),
-                  lambda lam: score(setup.original(method, lam, "val")))
+                  lambda lam: score(setup.original(method, lam, "val")),
+                  LAM_BOUNDS if has_lam else None)
 
 
-def realigned_search(setup: MergeSetup, method: str, convention: str = "normalized") -> Search:
-    """λ for the head-realigned model: coarse-to-fine, one head realignment per value tried."""
+def realigned_search(setup: MergeSetup, method: str, convention: str = "normalized",
+                     kind: str = "head") -> Search:
+    """λ for the realigned model: coarse-to-fine, one realignment of ``kind`` per value tried."""
     p, score = setup.profile, _val_score(setup, convention)
     return Search(tuple(float(v) for v in p.merging.lam_grid), p.realign.select_stride,
-                  lambda lam: jobs.job(setup.realign, method, lam, "head"),
-                  lambda lam: score(setup.realigned(method, lam, "val", "head")))
+                  lambda lam: jobs.job(setup.realign, method, lam, kind),
+                  lambda lam: score(setup.realigned(method, lam, "val", kind)), LAM_BOUNDS)
+
+
+def adapter_lr(profile: Profile, k: float) -> float:
+    """The adapter learning rate ``k`` steps of ×3 from the profile's (3 significant digits)."""
+    return float(f"{profile.realign.adapter_lr * 3.0 ** k:.3g}")
+
+
+@functools.lru_cache(maxsize=16)
+def lr_setup(profile: Profile, seed: int, lr: float) -> MergeSetup:
+    """The merge setup of ``profile`` with its adapters trained at ``lr``."""
+    return merge_setup(with_settings(profile, {"realign.adapter_lr": lr}), seed)
+
+
+def lr_search(setup: MergeSetup, method: str, lam: float, convention: str = "normalized"
+              ) -> Search:
+    """The adapters' learning rate for ``method`` at ``lam``, on validation: ×3 steps around the
+    profile's value, widened while the best is on an edge (the baselines' lr was chosen so too)."""
+    p, s = setup.profile, setup.seed
+    score = _val_score(setup, convention)
+    return Search(LR_STEPS, 1,
+                  lambda k: jobs.job(lr_setup(p, s, adapter_lr(p, k)).realign, method, lam, "repr"),
+                  lambda k: score(lr_setup(p, s, adapter_lr(p, k)).realigned(method, lam, "val",
+                                                                             "repr")),
+                  LR_BOUNDS)
 
 
 # ------------------------------------------------------------------ plans and their results ------
@@ -144,6 +174,7 @@ class Plan:
     extra: tuple[tuple[str, float, str], ...] = ()
     budgets: tuple[float, ...] = ()
     setups: dict[int, MergeSetup] = dataclasses.field(default_factory=dict)
+    tune_repr: bool = True  # choose the adapters' lr and their own λ on validation (first seed)
 
 
 def plan(profile: Profile, seeds: Sequence[int], methods: Sequence[str], *,
@@ -151,7 +182,7 @@ def plan(profile: Profile, seeds: Sequence[int], methods: Sequence[str], *,
          protocols: Sequence[str] = PROTOCOLS, convention: str = "normalized",
          weighting: str = "equal", reference: str = "runs",
          extra: Sequence[tuple[str, float, str]] = (), budgets: Sequence[float] = (),
-         with_fisher: bool = False) -> Plan:
+         with_fisher: bool = False, tune_repr: bool = True) -> Plan:
     """A :class:`Plan` with its merge setups loaded (single-task runs trained if need be).
 
     ``reference``: ``runs`` reads the single-task runs' own test metrics (03, 06), ``merged``
@@ -163,18 +194,23 @@ def plan(profile: Profile, seeds: Sequence[int], methods: Sequence[str], *,
     return Plan(profile, tuple(seeds), tuple(methods),
                 tuple(methods if searched is None else searched), tuple(kinds), tuple(protocols),
                 convention, weighting, reference, tuple(extra), tuple(budgets),
-                {s: merge_setup(profile, s, with_fisher) for s in seeds})
+                {s: merge_setup(profile, s, with_fisher) for s in seeds},
+                tune_repr and "repr" in kinds)
 
 
 @dataclasses.dataclass
 class Study:
     """A plan with its chosen λ: ``lam[protocol][method, seed]`` and the scores each search saw,
-    ``scores[protocol][method, seed]`` (realigned: the first seed only). Numbers are read from
-    the cache on demand."""
+    ``scores[protocol][method, seed]`` (realigned: the first seed only). With tuned
+    representation realignment, its own λ is ``lam["realigned_lambda"]["method+repr", seed]``
+    and its adapters' lr ``lr[method]`` (scores per lr step k: ``lr_scores[method]``). Numbers
+    are read from the cache on demand."""
 
     plan: Plan
     lam: dict[str, dict[tuple[str, int], float]]
     scores: dict[str, dict[tuple[str, int], dict[float, float]]]
+    lr: dict[str, float] = dataclasses.field(default_factory=dict)
+    lr_scores: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def profile(self) -> Profile:
@@ -211,10 +247,21 @@ class Study:
         return delta_mtl(metrics, self.ref_test(seed), self.plan.setups[seed].tasks,
                          self.plan.convention)
 
+    def lam_of(self, key: str, seed: int, protocol: str = "realigned_lambda") -> float:
+        """The λ of ``method`` or ``method+kind`` under ``protocol`` (a kind's own, if searched)."""
+        return self.lam[protocol].get((key, seed), self.lam[protocol][key.split("+")[0], seed])
+
+    def setup_for(self, key: str, seed: int) -> MergeSetup:
+        """The setup ``key`` is realigned with: the tuned adapter lr for ``method+repr``."""
+        m, _, kind = key.partition("+")
+        if kind == "repr" and m in self.lr:
+            return lr_setup(self.profile, seed, self.lr[m])
+        return self.plan.setups[seed]
+
     def record(self, key: str, seed: int, protocol: str = "realigned_lambda") -> dict:
         """The realignment ``method+kind`` at the protocol's λ (test, val, steps, samples ...)."""
         m, kind = key.split("+")
-        return self.plan.setups[seed].realign(m, self.lam[protocol][m, seed], kind)
+        return self.setup_for(key, seed).realign(m, self.lam_of(key, seed, protocol), kind)
 
     def test(self, key: str, seed: int, protocol: str = "realigned_lambda") -> dict:
         """Test metrics of ``joint_mtl``, a merge with its original heads (original λ), or
@@ -235,15 +282,21 @@ class Study:
                 "samples": max(a.meta["samples"] for a in arts),
                 "seconds": sum(a.meta["seconds"] for a in arts)}
 
+    def budget_args(self, kind: str, fraction: float) -> tuple:
+        """:func:`realign_with_budget`'s arguments for the first method and seed."""
+        m, s0 = self.methods[0], self.seeds[0]
+        key = f"{m}+{kind}"
+        return (self.setup_for(key, s0).profile, s0, m, self.lam_of(key, s0), kind, fraction)
+
     def final_jobs(self) -> list[jobs.Job]:
         """Every step after the λ searches: realignments (longest first), test evaluations."""
-        pl, s0 = self.plan, self.seeds[0]
-        out = [jobs.job(pl.setups[s].realign, m, self.lam[p][m, s], kind)
+        pl = self.plan
+        out = [jobs.job(self.setup_for(f"{m}+{kind}", s).realign, m,
+                        self.lam_of(f"{m}+{kind}", s, p), kind)
                for kind in reversed(pl.kinds) for s in pl.seeds for p in pl.protocols
                for m in (pl.methods if p == "original_lambda" else pl.searched)]
         out += [jobs.job(pl.setups[s].realign, *e) for s in pl.seeds for e in pl.extra]
-        out += [jobs.job(realign_with_budget, pl.profile, s0, pl.methods[0],
-                         self.lam["realigned_lambda"][pl.methods[0], s0], kind, f)
+        out += [jobs.job(realign_with_budget, *self.budget_args(kind, f))
                 for kind in pl.kinds for f in pl.budgets]
         out += [jobs.job(pl.setups[s].original, m, self.lam["original_lambda"][m, s], "test")
                 for s in pl.seeds for m in pl.methods]
@@ -286,13 +339,36 @@ def run(plans: Sequence[Plan], desc: str = "protocol") -> list[Study]:
         for (j, p, m, s), (best, seen) in found.items():
             if j == i:
                 lam[p][m, s], scores[p][m, s] = best, seen
-        for m in pl.searched:  # chosen on the first seed, used for every seed
-            lam["realigned_lambda"].update({(m, s): lam["realigned_lambda"][m, pl.seeds[0]]
-                                            for s in pl.seeds})
         studies.append(Study(pl, lam, scores))
+    _tune_repr(studies, desc)
+    for st in studies:  # chosen on the first seed, used for every seed
+        rl, s0 = st.lam["realigned_lambda"], st.seeds[0]
+        rl.update({(key, s): rl[key, s0] for key, s1 in list(rl) if s1 == s0 for s in st.seeds})
     jobs.prefetch(plans[0].profile, unique([j for st in studies for j in st.final_jobs()]),
                   desc=f"{desc}: realignments")
     return studies
+
+
+def _tune_repr(studies: Sequence[Study], desc: str) -> None:
+    """For plans that tune representation realignment: the adapters' lr at the head-realigned λ
+    (:func:`lr_search`), then λ re-selected with adapters at that lr, all on the first seed."""
+    todo = [(i, m) for i, st in enumerate(studies) if st.plan.tune_repr for m in st.plan.searched]
+    if not todo:
+        return
+    profile = studies[0].profile
+    lrs = run_searches(profile, {(i, m): lr_search(
+        studies[i].plan.setups[studies[i].seeds[0]], m,
+        studies[i].lam["realigned_lambda"][m, studies[i].seeds[0]], studies[i].plan.convention)
+        for i, m in todo}, f"{desc}: adapter lr")
+    for (i, m), (k, seen) in lrs.items():
+        st = studies[i]
+        st.lr[m], st.lr_scores[m] = adapter_lr(st.profile, k), seen
+    found = run_searches(profile, {(i, m): realigned_search(
+        lr_setup(studies[i].profile, studies[i].seeds[0], studies[i].lr[m]), m,
+        studies[i].plan.convention, "repr") for i, m in todo}, f"{desc}: λ for adapters")
+    for (i, m), (best, seen) in found.items():
+        st, key = studies[i], (f"{m}+repr", studies[i].seeds[0])
+        st.lam["realigned_lambda"][key], st.scores["realigned_lambda"][key] = best, seen
 
 
 def training_jobs(profile: Profile, seeds: Sequence[int], weighting: str = "equal") -> list:
@@ -302,139 +378,3 @@ def training_jobs(profile: Profile, seeds: Sequence[int], weighting: str = "equa
              for s in seeds]
             + [jobs.job(finetuned, profile, t, seed=s, progress=False) for s in seeds
                for t in names])
-
-
-# ------------------------------------------------------------------ reports (notebook 03) -------
-
-def summary(study: Study) -> dict[str, dict[str, dict]]:
-    """Δ_MTL of every key of ``study.order`` under each λ protocol: mean, 95 % CI, each seed."""
-    return {p: {k: analysis.mean_ci([study.delta(k, s, p) for s in study.seeds])
-                for k in study.order} for p in study.plan.protocols}
-
-
-def main_metrics(study: Study, means: Mapping[str, dict]) -> Any:
-    """The main test metric of every task per key (mean over seeds; realigned λ), Δ_MTL ours
-    (``means``: :func:`summary`'s realigned-λ entry) and the paper's (NYUv2), and the
-    single-task row: a table next to the paper's."""
-    import pandas as pd
-
-    order, seeds, tasks = study.order, study.seeds, tasks_of(study.profile)
-    table = pd.DataFrame({
-        **{f"{t.name} {t.main_metric}": {k: np.mean([study.test(k, s)[t.name][t.main_metric]
-                                                     for s in seeds]) for k in order}
-           for t in tasks},
-        "Δ_MTL ours": {k: means[k]["mean"] for k in order},
-        "Δ_MTL paper (NYUv2)": {k: PAPER_NYUV2.get(k, np.nan) for k in order}})
-    table.loc["single-task"] = [np.mean([study.ref_test(s)[t.name][t.main_metric] for s in seeds])
-                                for t in tasks] + [0.0, 0.0]
-    return table
-
-
-def costs(study: Study) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean cost over seeds of every key: ``alone`` (the realignment run) and ``pipeline`` (plus
-    the single-task runs it merges and, for realignment, one head realignment per λ the search
-    tried; the search runs once but is counted in full for every seed, "+head" is one of them)."""
-    tried = {m: len(study.scores["realigned_lambda"][m, study.seeds[0]])
-             for m in study.plan.searched}
-    out = {}
-    for k in study.order:
-        rows = []
-        for s in study.seeds:
-            if k == "joint_mtl":
-                alone = {f: study.mtl(s).meta[f] for f in COST_FIELDS}
-                pipe = alone
-            else:
-                m = k.split("+")[0]
-                alone = ({f: study.record(k, s)[f] for f in COST_FIELDS} if "+" in k
-                         else {"steps": 0, "samples": 0, "seconds": 0.0})
-                sc = study.single_cost(s)
-                n_search = (tried[m] - (k.endswith("+head"))) if "+" in k else 0
-                head_run = study.record(f"{m}+head", s)
-                pipe = {"steps": sc["steps"] + alone["steps"] + n_search * head_run["steps"],
-                        "samples": max(sc["samples"], alone["samples"]),
-                        "seconds": sc["seconds"] + alone["seconds"]
-                        + n_search * head_run["seconds"]}
-            rows.append((alone, pipe))
-        out[k] = {scope: {f: float(np.mean([row[i][f] for row in rows])) for f in COST_FIELDS}
-                  for i, scope in enumerate(("alone", "pipeline"))}
-    return out
-
-
-def efficiency(study: Study) -> dict[str, list[tuple[int, int, float]]]:
-    """(steps, distinct samples, val Δ_MTL) along joint MTL's training curve (first seed,
-    against the single-task runs' last validation) and of the first method realigned at its
-    realigned λ with each budget fraction (against the single-task models on the λ images)."""
-    p, s0, conv = study.profile, study.seeds[0], study.plan.convention
-    tasks, ta = tasks_of(p), study.methods[0]
-    ref_curve = {t: a.meta["history"][-1]["val"][t] for t, a in study.single(s0).items()}
-    mtl = study.mtl(s0)
-    seen = analysis.samples_seen(p.data.n_train, p.finetune.batch_size, s0, mtl.meta["steps"])
-    curves = {"joint MTL": [(h["step"], seen[h["step"] - 1], delta_mtl(h["val"], ref_curve, tasks,
-                                                                      conv))
-                            for h in mtl.meta["history"] if "val" in h]}
-    ref_val = study.plan.setups[s0].original("single_task", 1.0, "val")
-    lam0 = study.lam["realigned_lambda"][ta, s0]
-    for kind in study.plan.kinds:
-        for f in study.plan.budgets:
-            rec = realign_with_budget(p, s0, ta, lam0, kind, f)
-            curves.setdefault(f"{ta}+{kind}", []).append(
-                (rec["steps"], rec["samples"], delta_mtl(rec["val"], ref_val, tasks, conv)))
-    return curves
-
-
-# ------------------------------------------------------------------ what we saw ------------------
-
-def facts_02(results: Mapping[str, Any]) -> dict[str, Any]:
-    """What notebook 02's results say: the recovery of each realigned method (one sentence
-    each), the ceiling, the last block's similarities and how to read them, best and worst."""
-    lam = results["lambda"]
-    delta = {m: results["delta_mtl"][m] for m in lam["original_heads"]}
-    head_o = results["delta_mtl_head_retrain_original_lambda"]
-    recovery = []
-    for m, r in results["delta_mtl_head_retrain_realigned_lambda"].items():
-        loss, rec_o, rec_r, lr = -delta[m], head_o[m] - delta[m], r - delta[m], lam["realigned"][m]
-        txt = (f"head realignment recovers {rec_o:.1f} points with that λ ({rec_o / loss:.0%} of "
-               f"the loss) and {rec_r:.1f} points with λ re-selected ({lr}) ({rec_r / loss:.0%})"
-               if loss >= 0.5 else  # a share of a loss of (almost) nothing would mean nothing
-               f"the merge lost less than half a point, so there was (almost) no loss to recover; "
-               f"head realignment moves it by {rec_o:+.1f} points with that λ and {rec_r:+.1f} "
-               f"with λ re-selected ({lr})")
-        recovery.append(f"{m}: Δ_MTL {delta[m]:+.1f} % with the original heads "
-                        f"(λ={lam['original_heads'][m]}); {txt}.")
-    cos, cka = ({t: v[-1] for t, v in results[k].items()} for k in ("cosine", "cka"))
-    apart = min(cka.values()) - max(cos.values()) > 0.1
-    best, worst = max(delta, key=delta.get), min(delta, key=delta.get)
-    return {"recovery": recovery, "ceiling": results["head_retrain_ceiling"],
-            "cosine_last": (min(cos.values()), max(cos.values())), "lowest": min(cos, key=cos.get),
-            "cka_last": (min(cka.values()), max(cka.values())),
-            "reading": "CKA stays well above cosine: the merged features keep most of each "
-                       "single-task encoder's structure up to a rotation and scaling that a fixed "
-                       "head cannot undo - misalignment, not lost information." if apart else
-                       "CKA is not clearly above cosine here, so this diagnostic alone does not "
-                       "separate misalignment from lost information; rely on the head-retraining "
-                       "recovery above.",
-            "best": (best, delta[best]), "worst": (worst, delta[worst]),
-            "label": delta_label(results["convention"])}
-
-
-def facts_03(results: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
-    """What notebook 03's results say: joint MTL, the baselines' plateau, each realigned method
-    under both λ protocols, and the paper's claim for the first method + repr."""
-    d, o = results["delta_mtl"], results["delta_mtl_original_lambda"]
-    mt = d["joint_mtl"]["mean"]
-    gains = [x for col in results["plateau_gain"].values() for x in col.values() if x == x]
-    worst = max(gains)
-    rows = [{"key": key, "realigned": d[key]["mean"], "original": o[key]["mean"],
-             "merge": d[m]["mean"], "gap": d[key]["mean"] - mt}
-            for m in methods for key in (f"{m}+{k}" for k in REALIGNMENTS) if key in d]
-    k = f"{methods[0]}+repr"
-    alone = {key: {f: results[f][key] for f in COST_FIELDS} for key in ("joint_mtl", k)}
-    claim = claim_holds({"joint_mtl": mt, k: d[k]["mean"]}, alone, k)
-    pipe = results["pipeline"]
-    return {"mtl": mt, "mtl_ci": d["joint_mtl"]["ci95"], "plateau": worst,
-            "plateau_reading": "(both baselines have flattened)." if worst < 0.02 else
-            "(still improving: the baselines are not fully converged; read gaps of a few points "
-            "with care).", "rows": rows,
-            "claim": {**claim, "method": k, "gap_to_mtl": d[k]["mean"] - mt,
-                      "time_ratio": alone["joint_mtl"]["seconds"] / max(alone[k]["seconds"], 1e-9)},
-            "pipeline_ratio": pipe[k]["seconds"] / max(pipe["joint_mtl"]["seconds"], 1e-9)}

@@ -13,7 +13,8 @@ cost of a run (steps, distinct samples, seconds) that the protocol compares with
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -128,14 +129,21 @@ def realign_heads(profile: Profile, tasks: Sequence[Task], encoders: dict[str, d
     return new, cost(*runs)
 
 
+EVALS = 6  # early stopping: validation checks per representation realignment
+
+
 def realign_representation(profile: Profile, tasks: Sequence[Task], encoder: dict,
-                           heads: dict[str, dict], data: dict, seed: int = 0
-                           ) -> tuple[MultiTaskModel, dict[str, float]]:
+                           heads: dict[str, dict], data: dict, seed: int = 0,
+                           score: Callable[[MultiTaskModel], float] | None = None
+                           ) -> tuple[MultiTaskModel, dict]:
     """Representation realignment: zero-initialised adapters on the frozen merged encoder.
 
     Adapters and the original heads train together with the equal-weight multi-task loss on the
     small labelled set (adapters at ``adapter_lr``, heads at ``head_lr``), starting exactly at the
-    merged model. Returns the adapted model and the cost (steps, samples, seconds).
+    merged model. With ``score`` (higher = better, e.g. validation Δ_MTL) the run stops early in
+    effect: it is scored :data:`EVALS` times and the best-scoring state is kept, so its steps are
+    chosen on validation like the baselines' budgets. Returns the adapted model and the cost
+    (steps, samples, seconds: the whole run), plus ``best_step`` and the ``curve`` it was chosen on.
     """
     r = profile.realign
     model = model_from(profile, tasks, encoder, heads)
@@ -146,6 +154,20 @@ def realign_representation(profile: Profile, tasks: Sequence[Task], encoder: dic
                                                               "lr": r.head_lr}],
                   multitask_loss(model, tasks, {t.name: 1.0 for t in tasks}),
                   warmup=min(20, r.adapter_steps // 10))
+    best: dict = {"score": -math.inf, "step": r.adapter_steps, "state": None}
+
+    def check() -> dict:
+        x = score(model)
+        if x > best["score"]:
+            best.update(score=x, state={k: v.clone() for k, v in model.state_dict().items()})
+        return {"val_score": x}
+
+    every = max(1, r.adapter_steps // EVALS) if score is not None else 0
     res = run_phases(model, [phase], data, batch_size=r.batch_size, seed=seed,
+                     eval_fn=check if score is not None else None, eval_every=every,
                      desc="representation realignment", progress=False)
-    return model.eval(), cost(res)
+    curve = [(h["step"], h["val_score"]) for h in res.history]
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        best["step"] = max(curve, key=lambda c: (c[1], -c[0]))[0]
+    return model.eval(), {**cost(res), "best_step": best["step"], "curve": curve}

@@ -216,3 +216,41 @@ def test_dataset_facts_name_the_extreme_classes_and_the_saturation_shift():
     more = analysis.dataset_facts({**results, "edge_fraction": 0.05,
                                    "saturation": {"pretrain": 0.5, "task": 0.4}})
     assert "Occlusion edges cover 5.0%" in more[2] and "are more saturated" in more[3]
+
+
+def _drive(gen, score):
+    """Run a :func:`simo.analysis.search` generator with ``score`` to its result."""
+    try:
+        values = next(gen)
+        while True:
+            values = gen.send({v: score(v) for v in values})
+    except StopIteration as done:
+        return done.value
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_search_widens_its_grid_while_the_best_is_on_the_upper_edge(stride):
+    peak = 1.4  # beyond the grid's 1.0: a fixed grid would pick its edge
+    best, seen = _drive(analysis.search([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], stride, (0.0, 3.0)),
+                        lambda v: -(v - peak) ** 2)
+    assert best == pytest.approx(peak)
+    assert analysis.is_interior(best, seen)
+    assert max(seen) == pytest.approx(1.6)  # one value past the peak, no further
+
+
+def test_search_stops_widening_at_its_bounds_and_never_below_them():
+    best, seen = _drive(analysis.search([0.0, 0.5, 1.0], 1, (0.0, 2.0)), lambda v: v)
+    assert best == 2.0 and max(seen) == 2.0 and not analysis.is_interior(best, seen)
+    best, seen = _drive(analysis.search([0.0, 0.5, 1.0], 1, (0.0, 2.0)), lambda v: -v)
+    assert best == 0.0 and min(seen) == 0.0  # λ < 0 is outside the bounds
+
+
+def test_search_widens_downwards_on_a_log_grid():
+    best, seen = _drive(analysis.search([-1.0, 0.0, 1.0], 1, (-3.0, 3.0)),
+                        lambda k: -(k + 2.0) ** 2)
+    assert best == -2.0 and min(seen) == -3.0
+
+
+def test_search_without_bounds_keeps_its_grid():
+    best, seen = _drive(analysis.search([0.0, 0.5, 1.0], 1), lambda v: v)
+    assert best == 1.0 and sorted(seen) == [0.0, 0.5, 1.0]

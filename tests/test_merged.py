@@ -10,6 +10,7 @@ from simo import cache, merged, realign, steps
 from simo.config import with_settings
 from simo.data import make_dataset
 from simo.errors import MergeError, TaskError
+from simo.tasks import delta_mtl
 
 # ------------------------------------------------------------------ merging setup -----------------
 
@@ -89,6 +90,29 @@ def test_representation_realignment_counts_its_steps_and_samples(setup):
     assert rec["samples"] == len(setup.data("small")["image"])  # batches drawn from the small set
     assert set(rec["test"]) == set(setup.names)
     assert rec["test"] != setup.realign("task_arithmetic", 0.5, kind="head")["test"]
+
+
+def test_representation_realignment_keeps_its_best_validation_state(setup):
+    rec = setup.realign("task_arithmetic", 0.5, kind="repr")
+    steps, scores = zip(*rec["curve"])
+    assert list(steps) == sorted(steps) and steps[-1] == setup.profile.realign.adapter_steps
+    assert rec["best_step"] == steps[scores.index(max(scores))]  # the earliest best
+    ref = setup.original("single_task", 1.0, "val")
+    assert delta_mtl(rec["val"], ref, setup.tasks) == pytest.approx(max(scores))  # that state
+
+
+def test_fisher_does_not_depend_on_the_thread_count(setup):
+    art = steps.finetuned(setup.profile, "depth", seed=0)
+    n = torch.get_num_threads()
+    try:
+        got = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got.append(merged.fisher_of(setup.profile, art, "depth", 0, batches=2))
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(got[0][k], got[1][k]) for k in got[0])
+    assert torch.get_num_threads() == n  # the pin is undone
 
 
 def test_representation_realignment_needs_a_shared_encoder(setup):
