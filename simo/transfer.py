@@ -45,8 +45,49 @@ def finetune_run(profile: Profile, task: str, seed: int, init: str,
 
 
 def longer_profile(profile: Profile) -> Profile:
-    """``profile`` with twice the single-task steps: is scratch's deficit a matter of budget?"""
-    return with_settings(profile, {"finetune.steps": 2 * profile.finetune.steps})
+    """``profile`` with twice the finetuning steps, single-task and joint: is a deficit, or a
+    baseline's plateau, a matter of budget? (A longer run, not a flat tail under a decaying lr.)"""
+    ft = profile.finetune
+    return with_settings(profile, {"finetune.steps": 2 * ft.steps,
+                                   "finetune.mtl_steps": 2 * ft.mtl_steps})
+
+
+LR_FACTORS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # the finetuning lr sweep: multiples of finetune.lr
+
+
+def lr_profiles(profile: Profile, steps: int | None = None) -> list[tuple[float, Profile]]:
+    """``(lr, profile at that lr)`` for the sweep of :data:`LR_FACTORS` around ``finetune.lr``,
+    each at ``steps`` finetuning steps (default: the profile's)."""
+    ft = profile.finetune
+    lrs = [float(f"{f * ft.lr:.3g}") for f in LR_FACTORS]
+    return [(lr, with_settings(profile, {"finetune.lr": lr, "finetune.steps": steps or ft.steps}))
+            for lr in lrs]
+
+
+def lr_jobs(profile: Profile, seed: int = 0, steps: int | None = None) -> list:
+    """The single-task runs of :func:`lr_sweep`, for :func:`simo.jobs.prefetch`."""
+    return [jobs.job(finetuned, q, t, seed=seed, progress=False)
+            for _, q in lr_profiles(profile, steps) for t in profile.tasks]
+
+
+def lr_sweep(profile: Profile, seed: int = 0, steps: int | None = None) -> dict:
+    """Single-task finetunes of ``seed`` at each lr of :func:`lr_profiles` (``steps`` each: the lr
+    is chosen first, at a shorter budget, then the steps by the convergence check of notebook 03),
+    judged on validation:
+    ``{"val": {lr: {task: main metric}}, "points": {lr: mean normalized points}, "best": lr,
+    "current": finetune.lr, "interior": bool}``. Points are 100 × each task's main metric over
+    the current lr's (lower-is-better metrics inverted), so 100 = the profile's choice."""
+    tasks = get_tasks(profile.tasks)
+    val = {lr: {t.name: finetuned(q, t.name, seed=seed).meta["val"][t.name][t.main_metric]
+                for t in tasks} for lr, q in lr_profiles(profile, steps)}
+    cur = val[profile.finetune.lr]
+    points = {lr: sum(100 * (v[t.name] / cur[t.name] if higher_is_better(t) else
+                             cur[t.name] / v[t.name]) for t in tasks) / len(tasks)
+              for lr, v in val.items()}
+    best = max(points, key=points.get)
+    return {"val": val, "points": points, "best": best, "current": profile.finetune.lr,
+            "interior": min(points) < best < max(points),
+            "steps": steps or profile.finetune.steps}
 
 
 def evidence_jobs(profile: Profile, seeds: Sequence[int]) -> list:
@@ -226,6 +267,12 @@ def facts(results: Mapping, plateau_tol: float) -> list[str]:
                  f"{ta['foundation']['delta_mtl']:+.1f} (λ {ta['foundation']['lam']}) from the "
                  f"foundation θ0, {ta['weak']['delta_mtl']:+.1f} (λ {ta['weak']['lam']}) from the "
                  "weak θ0 (normalized convention, test).")
+    sw = results["lr_sweep"]
+    lines.append(f"- Finetuning lr on validation (mean points, 100 = the profile's {sw['current']:g}): "
+                 + ", ".join(f"{lr} {v:.1f}" for lr, v in sw["points"].items())
+                 + f"; best {sw['best']:g}" + ("" if sw["interior"] else " (on the sweep's edge)")
+                 + ("; the profile's lr is the best." if float(sw["best"]) == sw["current"] else
+                    "; the profile's lr is not the best: the gallery's runs are under-tuned."))
     moved = ", ".join(f"{k} {v:+.1%}" for k, v in plateau.items())
     lines.append(f"- {sum(abs(v) < plateau_tol for v in plateau.values())}/{len(plateau)} "
                  f"single-task runs moved less than {plateau_tol:.0%} over their last quarter "

@@ -39,7 +39,9 @@ def test_facts_say_where_theta0_falls_short_and_why():
                   "normals": _evidence(60, 75, 78, 15)},
         "task_arithmetic": {"foundation": {"delta_mtl": -3.0, "lam": 0.4},
                             "weak": {"delta_mtl": -9.0, "lam": 0.2}}},
-        "plateau_gain": {"depth": 0.01, "edges": 0.05, "normals": -0.001}}
+        "plateau_gain": {"depth": 0.01, "edges": 0.05, "normals": -0.001},
+        "lr_sweep": {"points": {1e-3: 97.0, 2e-3: 100.0, 4e-3: 101.5}, "best": 4e-3,
+                     "current": 2e-3, "interior": False}}
     lines = transfer.facts(results, plateau_tol=0.02)
     assert lines[0] == "- θ0: aux (sha256 0123456789ab…)."
     assert "+25.0 % over scratch [+20.0, +30.0]" in lines[1] and "(scratch 900)" in lines[1]
@@ -48,4 +50,7 @@ def test_facts_say_where_theta0_falls_short_and_why():
     assert lines[6].endswith("the frozen features, not the probe, are the limit.")  # 80 - 52 > 10
     assert lines[7].endswith("the probe's budget or head is the limit.")  # 78 - 75 <= 10
     assert "-3.0 (λ 0.4) from the foundation θ0, -9.0 (λ 0.2) from the weak θ0" in lines[8]
-    assert lines[9].startswith("- 2/3 single-task runs moved less than 2%")
+    assert lines[9] == ("- Finetuning lr on validation (mean points, 100 = the profile's 0.002): 0.001 "
+                        "97.0, 0.002 100.0, 0.004 101.5; best 0.004 (on the sweep's edge); the "
+                        "profile's lr is not the best: the gallery's runs are under-tuned.")
+    assert lines[10].startswith("- 2/3 single-task runs moved less than 2%")
