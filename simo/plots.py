@@ -301,6 +301,7 @@ METHOD_STYLE: dict[str, dict[str, str]] = {
     # previews (05) and the real weighted finetuning they preview
     "adamw": _s("black", "o", "-", "weighted finetuning (AdamW)"),
     "ivon": _s(_GR, "o", "--", "weighted finetuning (IVON)"),
+    "sgd": _s(_V, "v", ":", "weighted finetuning (SGD)"),
     "isotropic": _s(_B, "^", ":", "isotropic (weighted avg.)"),
     "adamw_sg": _s(_O, "s", "--", "AdamW-SG"),
     "ivon_hess": _s(_G, "o", "-", "IVON-Hess"),

@@ -204,6 +204,45 @@ def test_em_one_hot_responsibilities_do_not_nan():
     torch.testing.assert_close(out["x"], torch.ones(n))  # the shared point of both tasks
 
 
+def test_responsibilities_at_the_final_theta_pick_the_component_it_lands_on():
+    # task 0: a mixture with components at 0 (π 0.7) and 10; task 1: one sharp Gaussian at 10.
+    # the shared θ lands on 10, so task 0 sits in component 1 although its π favours component 0
+    x = lambda v: {"x": torch.full((4,), float(v), dtype=torch.float64)}  # noqa: E731
+    mix = P.Posterior([x(0.0), x(10.0)], [x(1.0), x(1.0)], [0.7, 0.3])
+    sharp = P.gaussian(x(10.0), x(50.0))
+    resp: list[list[float]] = [[9.0]]  # replaced, not appended to
+    out = P.preview([mix, sharp], [0.5, 0.5], x(0.0), 1e-6, responsibilities=resp)
+    torch.testing.assert_close(out["x"], x(10.0)["x"], atol=1e-3, rtol=0)
+    assert len(resp) == 2 and resp[1] == [1.0]  # K = 1: nothing to weigh
+    assert sum(resp[0]) == pytest.approx(1.0) and resp[0][1] > 0.999  # one-hot on component 1
+    assert P.components_of(resp, [0.5, 0.5]) == [1, 0]
+    # α_t = 0: EM does not weigh the task, its responsibilities are its mixture weights
+    zero: list[list[float]] = []
+    P.preview([mix, sharp], [0.0, 1.0], x(0.0), 1e-6, responsibilities=zero)
+    assert zero[0] == pytest.approx([0.7, 0.3]) and zero[1] == [1.0]
+    assert P.components_of(zero, [0.0, 1.0]) == [0, 0]
+
+
+def test_responsibilities_of_gaussians_and_of_random_mixtures():
+    g = torch.Generator().manual_seed(8)
+    gauss = [P.gaussian(rand_sd(g), rand_sd(g, positive=True)) for _ in range(2)]
+    resp: list[list[float]] = []
+    P.preview(gauss, [0.3, 0.7], rand_sd(g), 0.1, responsibilities=resp)
+    assert resp == [[1.0], [1.0]]
+    posts = [rand_mix(g, 3), rand_mix(g, 2)]
+    P.preview(posts, [0.4, 0.6], rand_sd(g, dtype=torch.float64), 0.01, responsibilities=resp)
+    assert [len(r) for r in resp] == [3, 2]
+    for r in resp:
+        assert sum(r) == pytest.approx(1.0) and min(r) >= 0 and max(r) > 0.99  # one-hot-ish
+
+
+def test_components_of_breaks_ties_to_the_first_and_checks_lengths():
+    assert P.components_of([[0.5, 0.5], [0.1, 0.2, 0.7], [1.0]], [0.2, 0.8, 0.0]) == [0, 2, 0]
+    assert P.components_of([[0.0, 1.0]], [0.0]) == [0]  # α_t = 0: the first, always
+    with pytest.raises(PreviewError, match="one row per task"):
+        P.components_of([[1.0]], [0.5, 0.5])
+
+
 def test_objective_by_hand():
     # one Gaussian, h = (4, 0): -log N = -0.5 log 4 + 0.5 * 4 * (1 - 0)^2; h = 0 entries drop out
     g = P.gaussian(_sd(x=[0.0, 9.0]), _sd(x=[4.0, 0.0]))

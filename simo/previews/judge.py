@@ -136,6 +136,14 @@ def interior(alphas: Sequence[Sequence[float]]) -> list[int]:
     return out
 
 
+def corners(alphas: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the α that zero some task (the complement of :func:`interior`): there the real
+    run leaves that task's head as its head phase made it, while a realigned preview refits it,
+    so the two differ by construction and are judged apart."""
+    inner = set(interior(alphas))
+    return [i for i in range(len(alphas)) if i not in inner]
+
+
 def shape(curve: Sequence[float], flat: float = 1.0, wiggle: float = 0.1) -> str:
     """``"flat"`` (range < ``flat`` points), ``"monotone"`` or ``"peaked"``.
 
@@ -155,8 +163,9 @@ def compare(pred: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[fl
             alphas: Sequence[Sequence[float]], ref: Sequence[float] | None = None) -> dict:
     """How well a previewed grid of task points matches the real one.
 
-    Returns ``{"quality": {task: {"mae", "mae_interior", "spearman"}}, "regret", "pick",
-    "hypervolume_gap", "ref"}`` (``mae_interior``: over :func:`interior` α only);
+    Returns ``{"quality": {task: {"mae", "mae_interior", "mae_corners", "spearman"}}, "regret",
+    "pick", "hypervolume_gap", "ref"}`` (``mae_interior``: over :func:`interior` α only,
+    ``mae_corners`` over the others, NaN if there are none);
     regret scores an α by the mean of its task points and picks among :func:`interior` α
     (``pick``: the index of the preview's choice);
     the hypervolume reference defaults to the true grid's worst point per task minus 1 (so every
@@ -168,9 +177,12 @@ def compare(pred: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[fl
     if set(pred) != set(names):
         raise PreviewError(f"preview tasks {sorted(pred)} differ from ground-truth tasks "
                            f"{sorted(names)}")
-    inner = interior(alphas)
+    inner, edge = interior(alphas), corners(alphas)
+    sub = lambda c, idx: [c[i] for i in idx]  # noqa: E731
     quality = {t: {"mae": mae(pred[t], truth[t]), "spearman": spearman(pred[t], truth[t]),
-                   "mae_interior": mae([pred[t][i] for i in inner], [truth[t][i] for i in inner])}
+                   "mae_interior": mae(sub(pred[t], inner), sub(truth[t], inner)),
+                   "mae_corners": mae(sub(pred[t], edge), sub(truth[t], edge)) if edge
+                   else float("nan")}
                for t in names}
     mean_of = lambda pts: [sum(pts[t][i] for t in names) / len(names)  # noqa: E731
                            for i in range(len(alphas))]

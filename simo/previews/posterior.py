@@ -304,7 +304,8 @@ def _check_inputs(posteriors: Sequence[Posterior], alpha: Sequence[float],
 # ----------------------------------------------------------------------------------------------
 def preview(posteriors: Sequence[Posterior], alpha: Sequence[float], prior_mean: StateDict,
             prior_prec: float, *, iters: int = 100, tol: float = 1e-7,
-            trace: list[float] | None = None) -> StateDict:
+            trace: list[float] | None = None,
+            responsibilities: list[list[float]] | None = None) -> StateDict:
     """The previewed weights ``argmin_θ Σ_t α_t (−log q_t(θ)) + ½ prior_prec ‖θ − prior_mean‖²``.
 
     All K = 1: the closed form ``(h0 θ0 + Σ α_t h_t m_t) / (h0 + Σ α_t h_t)`` (prior_mean where the
@@ -312,6 +313,9 @@ def preview(posteriors: Sequence[Posterior], alpha: Sequence[float], prior_mean:
     precision Σ_k π_tk h_tk and mean (the K = 1 moment-free summary, and EM's M-step at
     responsibilities = π), iterated until θ moves less than ``tol`` (max abs) or ``iters`` rounds.
     ``trace`` (if given) receives :func:`objective` at the start and after every iteration.
+    ``responsibilities`` (if given) is set to the per-task r_tk at the returned θ (the mixture
+    weights π_t where there is nothing to weigh: K = 1 or α_t = 0), so a caller can tell which
+    component each task's answer sits in (its heads read the preview best).
     """
     alpha, keys = _check_inputs(posteriors, alpha, prior_mean, prior_prec)
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
@@ -336,9 +340,14 @@ def preview(posteriors: Sequence[Posterior], alpha: Sequence[float], prior_mean:
             theta = new
             if delta < tol:
                 break
-    if trace is not None:
+    if trace is not None or (em and responsibilities is not None):
         logn, prior_term = _log_densities(theta, posteriors, alpha, prior_mean, keys, half_logdet)
-        trace.append(_total(posteriors, alpha, logn, prior_term, prior_prec))
+        if trace is not None:
+            trace.append(_total(posteriors, alpha, logn, prior_term, prior_prec))
+        if responsibilities is not None:  # at the final θ, not the last E-step's
+            responsibilities[:] = _responsibilities(posteriors, logn)
+    elif responsibilities is not None:  # all K = 1: r = π = [1.0], nothing to evaluate
+        responsibilities[:] = [list(post.weights) for post in posteriors]
     return {key: theta[key].to(v.dtype) if key in theta else v.detach().clone()
             for key, v in prior_mean.items()}
 

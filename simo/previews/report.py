@@ -5,6 +5,11 @@ points, compares every preview grid (per posterior kind, seed and reading) with 
 averages over seeds, times the two ways of scanning α and writes the closing facts. Posterior
 kinds come from :data:`simo.previews.KINDS`, so a new kind needs no change here. Imported by the
 notebook only: nothing that keys a cached step imports it.
+
+Three ground truths (:data:`simo.previews.TRUTHS`): AdamW, IVON and SGD weighted finetuning. A
+preview is only tested where the truth moves with α, so the facts say which truths are flat and
+judge the regret on the one that moves most. The headline error is the interior MAE (every task
+weighted); the corners (some α_t = 0) differ by construction and are reported apart.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ import pandas as pd
 
 from simo import jobs, plots
 from simo.config import Profile
-from simo.previews.grids import (KINDS, preview_grid, previewer, previews_profile, runs,
-                                 sensitivity as sensitivity_sweeps, weighted_run)
+from simo.previews.grids import (KINDS, SGD_LRS, TRUTHS, preview_grid, previewer,
+                                 previews_profile, runs, sensitivity as sensitivity_sweeps,
+                                 sgd_lr_choice, sgd_run, uniform_alpha, weighted_run)
 from simo.previews.judge import compare, interior, task_points
 from simo.previews.posterior import simplex_grid
 from simo.steps import OPTIMIZERS, finetuned, tasks_of
@@ -30,7 +36,11 @@ HEADS = {"original": "single-task heads as they are", "realigned": "heads realig
 # the readings judged: (heads of the preview, ground truth's optimizer) -> suffix of results keys
 READINGS = {"realigned": ("realigned", "adamw", ""),
             "original": ("original", "adamw", "_original_heads"),
-            "vs_ivon": ("realigned", "ivon", "_vs_ivon")}
+            "vs_ivon": ("realigned", "ivon", "_vs_ivon"),
+            "vs_sgd": ("realigned", "sgd", "_vs_sgd"),
+            "original_vs_sgd": ("original", "sgd", "_original_heads_vs_sgd")}
+TRUTH_NAMES = {"adamw": "AdamW", "ivon": "IVON", "sgd": "SGD"}
+FLAT = 2.0  # points: a truth whose interior mean points span less has nothing to preview
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +80,16 @@ def study(profile: Profile) -> Study:
 
 
 def training_jobs(st: Study) -> list:
-    """Every training run, for :func:`simo.jobs.prefetch`: per task and seed an AdamW and an IVON
-    run (the posteriors), and real weighted finetuning at every α (the ground truth)."""
-    return ([jobs.job(finetuned, st.pp, t, seed=s, optimizer=o, progress=False)
-             for o in OPTIMIZERS for s in st.seeds for t in st.names]
+    """Every training run, for :func:`simo.jobs.prefetch`, in the order they wait for each other:
+    SGD at uniform α per learning rate of :data:`SGD_LRS` (its choice), per task and seed an
+    AdamW and an IVON run (the posteriors; seed 0's AdamW runs are also the reference of the SGD
+    choice), and real weighted finetuning at every α with each of :data:`TRUTHS` (SGD last)."""
+    return ([jobs.job(sgd_run, st.profile, uniform_alpha(st.pp), 0, lr, progress=False)
+             for lr in SGD_LRS]
+            + [jobs.job(finetuned, st.pp, t, seed=s, optimizer=o, progress=False)
+               for o in OPTIMIZERS for s in st.seeds for t in st.names]
             + [jobs.job(weighted_run, st.profile, a, seed=s, optimizer=o, progress=False)
-               for o in OPTIMIZERS for s in st.gt_seeds for a in st.alphas])
+               for o in TRUTHS for s in st.gt_seeds for a in st.alphas])
 
 
 def grid_jobs(st: Study) -> list:
@@ -106,10 +120,41 @@ def mean_points(st: Study, ref: Mapping, seed_runs: Sequence[Sequence[Mapping]]
 
 
 def truth(st: Study, ref: Mapping) -> dict[str, dict[str, list]]:
-    """``{optimizer: {task: points per α}}`` of real weighted finetuning, ground-truth seed mean."""
+    """``{optimizer: {task: points per α}}`` of real weighted finetuning (every one of
+    :data:`TRUTHS`), ground-truth seed mean."""
     return {o: mean_points(st, ref, [[weighted_run(st.profile, a, seed=s, optimizer=o).meta["test"]
                                       for a in st.alphas] for s in st.gt_seeds])
-            for o in OPTIMIZERS}
+            for o in TRUTHS}
+
+
+def sgd_choice(st: Study) -> dict:
+    """How SGD's learning rate was chosen (results.json ``sgd_lr``): :func:`sgd_lr_choice`."""
+    return sgd_lr_choice(st.profile)
+
+
+def truth_motion(alphas: Sequence[Sequence[float]], truth: Mapping) -> dict:
+    """Per ground truth, how much its mean task points move over the interior α: ``{"range",
+    "best" (the α it peaks at), "flat" (range < :data:`FLAT` points)}`` (results.json
+    ``truth_motion``). A flat truth picks any α as well as another: no regret tests a preview."""
+    inner = interior(alphas)
+    out = {}
+    for o, curves in truth.items():
+        c = mean_curve(curves)[inner]
+        rng = float(c.max() - c.min())
+        out[o] = {"range": rng, "best": list(alphas[inner[int(np.argmax(c))]]), "flat": rng < FLAT}
+    return out
+
+
+def judged_truth(motion: Mapping) -> str:
+    """The truth regrets are judged on: the one that moves most with α."""
+    return max(motion, key=lambda o: motion[o]["range"])
+
+
+def mixture_components(st: Study, grids: Mapping) -> dict:
+    """``{kind: {seed: [{task: component} per α]}}`` of the mixture kinds: whose run's heads read
+    each task (results.json ``components``)."""
+    return {m: {str(s): grids[m][s]["components"] for s in ss}
+            for m, ss in st.kinds.items() if KINDS[m].mixture}
 
 
 def mean_curve(curves: Mapping[str, Sequence[float]]) -> np.ndarray:
@@ -130,30 +175,65 @@ def verdicts(st: Study, pred: Mapping, truth: Mapping) -> dict:
 
 
 def summary(st: Study, verdicts: Mapping) -> dict:
-    """Seed means per reading (quality per task, regret, hypervolume gap), the per-seed MAE (mean
-    over tasks) and regret: the results keys of the judging, named as in results.json."""
+    """Seed means per reading (quality per task, regret, hypervolume gap, interior and corner MAE
+    over tasks), the per-seed MAEs and regret, and per reading the kinds ordered by interior MAE:
+    the results keys of the judging, named as in results.json."""
     avg = lambda xs: float(np.mean(xs))  # noqa: E731
     out: dict = {}
     for r, (_, _, suffix) in READINGS.items():
         v = verdicts[r]
         out["quality" + suffix] = {m: {t: {k: avg([x["quality"][t][k] for x in v[m].values()])
-                                           for k in ("mae", "mae_interior", "spearman")}
+                                           for k in ("mae", "mae_interior", "mae_corners",
+                                                     "spearman")}
                                        for t in st.names} for m in st.kinds}
         out["regret" + suffix] = {m: avg([x["regret"] for x in v[m].values()]) for m in st.kinds}
         out["hypervolume_gap" + suffix] = {m: avg([x["hypervolume_gap"] for x in v[m].values()])
                                            for m in st.kinds}
-    for k in ("mae", "mae_interior"):
-        out[f"{k}_seeds"] = {h: {m: [float(np.mean([x["quality"][t][k] for t in st.names]))
-                                     for x in verdicts[h][m].values()] for m in st.kinds}
-                             for h in ("original", "realigned")}
+    for k in ("mae", "mae_interior", "mae_corners"):
+        out[f"{k}_seeds"] = {r: {m: [float(np.mean([x["quality"][t][k] for t in st.names]))
+                                     for x in verdicts[r][m].values()] for m in st.kinds}
+                             for r in READINGS}
+    for r, (_, _, suffix) in READINGS.items():
+        for k in ("mae_interior", "mae_corners"):
+            out[k + suffix] = {m: avg(out[f"{k}_seeds"][r][m]) for m in st.kinds}
+    out["ordering"] = {r: ordering(out["mae_interior_seeds"][r]) for r in READINGS}
     out["regret_seeds"] = {r: {m: [x["regret"] for x in verdicts[r][m].values()] for m in st.kinds}
                            for r in verdicts}
     return out
 
 
+def ordering(seeds: Mapping[str, Sequence[float]]) -> list[dict]:
+    """Kinds best first by their seed-mean error, each with its seed range, so the paper's
+    ordering (:data:`BEST_FIRST`) can be checked and overlapping seeds seen."""
+    rows = [{"kind": m, "mae_interior": float(np.mean(v)), "range": [min(v), max(v)]}
+            for m, v in seeds.items()]
+    return sorted(rows, key=lambda row: row["mae_interior"])
+
+
+def reading_name(reading: str) -> str:
+    """``realigned heads vs AdamW``: a reading of :data:`READINGS` in words."""
+    h, o, _ = READINGS[reading]
+    return f"{h} heads vs {TRUTH_NAMES[o]}"
+
+
+def headline_table(st: Study, summ: Mapping) -> pd.DataFrame:
+    """One row per kind: the headline (interior MAE, mean over tasks and seeds) per reading, the
+    corners' MAE apart, and the regret against each ground truth (realigned heads)."""
+    rows = {}
+    for m in st.kinds:
+        row = {f"interior MAE, {reading_name(r)}": summ["mae_interior" + sfx][m]
+               for r, (_, _, sfx) in READINGS.items()}
+        row.update({f"corner MAE, {reading_name(r)}": summ["mae_corners" + sfx][m]
+                    for r, (_, _, sfx) in READINGS.items() if r in ("realigned", "original")})
+        row.update({f"regret vs {TRUTH_NAMES[o]}": summ["regret" + sfx][m]
+                    for _, (h, o, sfx) in READINGS.items() if h == "realigned"})
+        rows[st.labels[m]] = row
+    return pd.DataFrame(rows).T
+
+
 def quality_table(st: Study, summ: Mapping) -> pd.DataFrame:
-    """One row per kind and reading (original, realigned heads): MAE and Spearman per task,
-    regret and hypervolume gap."""
+    """One row per kind and reading (original, realigned heads), against AdamW finetuning: MAE
+    and Spearman per task, regret and hypervolume gap."""
     rows = {}
     for m in st.kinds:
         for h in ("original", "realigned"):
@@ -176,17 +256,22 @@ def sensitivity_jobs(st: Study) -> list:
 def sweep(st: Study, ref: Mapping, truth: Mapping, key: str,
           readings: Sequence[tuple[object, bool, Sequence[Mapping]]]) -> tuple[dict, list]:
     """One setting's sweep from ``(value, is default, realigned-head metrics per α)``: its
-    results record (regret, picked α, MAE per value) and per value ``(value, default, points,
+    results record (regret, picked α, MAE per value against AdamW finetuning; ``regret_vs_<o>``
+    against each other truth in ``truth``) and per value ``(value, default, points,
     comparison)`` for the figure."""
     rows, grid = [], []
+    others = {sfx: o for _, (h, o, sfx) in READINGS.items()
+              if h == "realigned" and sfx and o in truth}  # the other truths: regrets only
     for v, default, metrics in readings:
         pts = task_points(metrics, ref, st.tasks)
         c = compare(pts, truth["adamw"], st.alphas)
         grid.append((v, default, pts, c))
         rows.append((v, c["regret"], list(st.alphas[c["pick"]]),
-                     float(np.mean([c["quality"][t]["mae"] for t in st.names]))))
+                     float(np.mean([c["quality"][t]["mae"] for t in st.names])),
+                     *[compare(pts, truth[o], st.alphas)["regret"] for o in others.values()]))
+    names = ("values", "regret", "pick", "mae", *[f"regret{sfx}" for sfx in others])
     record = {"key": key, "method": TARGET, "seed": st.kinds[TARGET][0],
-              **dict(zip(("values", "regret", "pick", "mae"), map(list, zip(*rows))))}
+              **dict(zip(names, map(list, zip(*rows))))}
     return record, grid
 
 
@@ -203,10 +288,17 @@ def sensitivity(st: Study, ref: Mapping, truth: Mapping) -> tuple[dict, dict]:
 
 
 def sensitivity_table(records: Mapping) -> pd.DataFrame:
-    """One row per setting value: regret, picked α and MAE."""
-    return pd.DataFrame([{"setting": f"{k} = {v}", "regret (points)": r, "picked α": a,
-                          "MAE (points)": e} for k, s in records.items()
-                         for v, r, a, e in zip(s["values"], s["regret"], s["pick"], s["mae"])])
+    """One row per setting value: regret (against each truth the record has), picked α and MAE."""
+    rows = []
+    for k, s in records.items():
+        for i, v in enumerate(s["values"]):
+            row = {"setting": f"{k} = {v}", "regret (points)": s["regret"][i],
+                   "picked α": s["pick"][i], "MAE (points)": s["mae"][i]}
+            row.update({f"regret vs {TRUTH_NAMES[o]}": s["regret" + sfx][i]
+                        for _, (h, o, sfx) in READINGS.items()
+                        if h == "realigned" and sfx and "regret" + sfx in s})
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def cost_of(st: Study, grids: Mapping, gt_train: float, per_task: Mapping[str, float]) -> dict:
@@ -259,7 +351,8 @@ def budget(st: Study) -> dict:
     ft, pv = st.pp.finetune, st.pp.previews
     return {"head_steps": ft.head_steps, "steps": ft.steps, "seeds": st.seeds,
             "gt_seeds": st.gt_seeds, "components": pv.components, "sg_estimator": pv.sg_estimator,
-            "realign_samples": pv.realign_samples, "realign_steps": pv.realign_steps}
+            "realign_samples": pv.realign_samples, "realign_steps": pv.realign_steps,
+            "truths": list(TRUTHS)}
 
 
 def live(st: Study, ref: Mapping, truth: Mapping, pred: Mapping, seed: int
@@ -291,125 +384,3 @@ def live(st: Study, ref: Mapping, truth: Mapping, pred: Mapping, seed: int
         plt.show()
 
     return show
-
-
-# ------------------------------------------------------------------ what we saw ---------------
-
-def _mae_ranking(rec: Mapping, h: str, label: Mapping[str, str]) -> str:
-    seeds = rec["mae_seeds"][h]
-    ranked = sorted(seeds, key=lambda m: np.mean(seeds[m]))
-    spread = ", ".join(f"{label[m]} {np.mean(seeds[m]):.2f} [{min(seeds[m]):.2f}–"
-                       f"{max(seeds[m]):.2f}]" for m in ranked)
-    verdict = ("holds" if ranked == BEST_FIRST else
-               f"does not hold (best {label[ranked[0]]}, worst {label[ranked[-1]]})")
-    text = (f"MAE with {HEADS[h]} (best first; [seed range]): {spread}. The paper's ordering "
-            f"(mixture best, isotropic worst) {verdict}.")
-    overlap = [(a, b) for a, b in zip(ranked, ranked[1:]) if max(seeds[a]) >= min(seeds[b])]
-    if overlap:
-        text += ("\n  Neighbours whose seed ranges overlap (not separable with these seeds): "
-                 + "; ".join(f"{label[a]} / {label[b]}" for a, b in overlap) + ".")
-    return text
-
-
-def _realignment(rec: Mapping, kinds: list[str]) -> str:
-    mean = {h: {m: np.mean(rec["mae_seeds"][h][m]) for m in kinds}
-            for h in ("original", "realigned")}
-    width = {h: max(v.values()) - min(v.values()) for h, v in mean.items()}
-    drop = [mean["original"][m] - mean["realigned"][m] for m in kinds]
-    return (f"Head realignment {'lowers' if min(drop) > 0 else 'changes'} every preview's MAE "
-            f"(by {min(drop):.1f}–{max(drop):.1f} points) and the gap between the best and the "
-            f"worst method goes from {width['original']:.1f} to {width['realigned']:.1f} points"
-            + (": what the richer posteriors bought with the original heads was mostly features "
-               "those heads can still read, and a head refitted to the preview reads any of them "
-               "about as well." if width["realigned"] < width["original"] / 2 else "."))
-
-
-def _regret(rec: Mapping, alphas: list[tuple], label: Mapping[str, str]) -> str:
-    truth, inner, kinds = rec["truth"]["adamw"], interior(alphas), list(rec["regret"])
-    curves = rec["curves"]["realigned"]
-    picks = {s: alphas[compare(c, truth, alphas)["pick"]] for s, c in curves[TARGET].items()}
-    true_in = mean_curve(truth)[inner]
-    prev_in = {m: [mean_curve(c)[inner] for c in curves[m].values()] for m in kinds}
-    top = max(c.max() for v in prev_in.values() for c in v)
-    r, small = rec["regret"][TARGET], top < true_in.max()
-    return (f"{label[TARGET]} regret with realigned heads: {r:.2f} points against AdamW finetuning "
-            f"(target ≤ 2: {'met' if r <= 2 else 'not met'}; per seed "
-            + ", ".join(f"{x:.2f}" for x in rec["regret_seeds"]["realigned"][TARGET])
-            + f"), {rec['regret_vs_ivon'][TARGET]:.2f} against IVON finetuning. Real "
-            f"finetuning's mean points over the interior α span {true_in.min():.1f}–"
-            f"{true_in.max():.1f} (best at α = {alphas[inner[int(np.argmax(true_in))]]}); the "
-            "previews' span "
-            + ", ".join(f"{label[m]} {np.mean([c.max() - c.min() for c in prev_in[m]]):.1f}"
-                        for m in kinds)
-            + f" points, with best values ≤ {top:.1f}. "
-            + ("Training the tasks together gains what no merge of separately trained encoders "
-               "reproduces, so a preview's best α is decided by small differences ("
-               if small else "") + f"{label[TARGET]} picks, per seed: "
-            + ", ".join(f"{s}: {a}" for s, a in picks.items()) + (")." if small else "."))
-
-
-def _settings(rec: Mapping, n_inner: int, label: Mapping[str, str]) -> str:
-    sens = rec["sensitivity"]
-    first = next(iter(sens.values()))
-    chosen = {tuple(a) for sw in sens.values() for a in sw["pick"]}
-    all_r = [r for sw in sens.values() for r in sw["regret"]]
-    return (f"Settings ({label[first['method']]}, seed {first['seed']}, realigned heads): "
-            + "; ".join(f"{k}: " + ", ".join(f"{v} → regret {r:.2f}"
-                                             for v, r in zip(sw["values"], sw["regret"]))
-                        for k, sw in sens.items())
-            + f". Regret spans {min(all_r):.2f}–{max(all_r):.2f} points"
-            + (" (a single interior α: nothing to choose)." if n_inner == 1 else
-               f" and every setting picks the same α {list(next(iter(chosen)))}: the choice is "
-               "made by the posteriors (what the separately trained encoders can give when "
-               "merged), not by these knobs." if len(chosen) == 1 else
-               f"; the picked α moves ({sorted(chosen)}), so these settings matter here."))
-
-
-def _cost(rec: Mapping, label: Mapping[str, str]) -> str:
-    ratio, orig = rec["cost_ratio"], rec["cost_ratio_original_heads"]
-    worst, gt = max(ratio.values()), rec["cost_seconds"]["ground_truth_grid"]
-    return (f"Cost: the whole preview grid with realigned heads takes {min(ratio.values()):.3f}–"
-            f"{worst:.3f} of the ground-truth grid ({gt:.0f} s; target ≤ 1/20 = 0.05: "
-            f"{'met' if worst <= 1 / 20 else 'not met'}), with the original heads "
-            f"{min(orig.values()):.3f}–{max(orig.values()):.3f}; the merge itself takes at most "
-            f"{max(g['merge'] for g in rec['grid_seconds'].values()):.2f} s per grid. Adding the "
-            "up-front per-task runs: " + ", ".join(
-                f"{label[m]} {r:.2f}" for m, r in rec["cost_ratio_with_task_runs"].items()) + ".")
-
-
-def facts(rec: Mapping) -> dict[str, str]:
-    """The closing sentences of notebook 05, computed from its results record (results.json
-    before rounding): the MAE ranking per reading against the paper's, what realignment changes,
-    interior MAE and the corners, the regret target, the settings sweep, cost and rank
-    correlations. A topic without anything to say is left out."""
-    names, alphas, kinds = rec["tasks"], [tuple(a) for a in rec["alphas"]], list(rec["regret"])
-    label = labels(rec["budget"]["sg_estimator"], rec["budget"]["components"])
-    truth, shapes = rec["truth"]["adamw"], rec["truth_shapes"]["adamw"]
-    corner = {t: truth[t][min(range(len(alphas)), key=lambda i: alphas[i][k])]
-              for k, t in enumerate(names)}
-    out = {f"mae_{h}": _mae_ranking(rec, h, label) for h in ("original", "realigned")}
-    out["realignment"] = _realignment(rec, kinds)
-    out["interior"] = (
-        "Interior α only (every task weighted), MAE with realigned heads: "
-        + ", ".join(f"{label[m]} {np.mean(rec['mae_interior_seeds']['realigned'][m]):.2f}"
-                    for m in kinds)
-        + ". At α_t = 0 the real run trains task t's head only in its head phase, on θ0, and then "
-        "reads a drifted encoder (" + ", ".join(f"{t} {corner[t]:.0f} points" for t in names)
-        + "), while a realigned preview fits that head with labelled data of t: the corners "
-        "differ by construction.")
-    out["regret"] = _regret(rec, alphas, label)
-    if rec["sensitivity"]:
-        out["settings"] = _settings(rec, len(interior(alphas)), label)
-    out["cost"] = _cost(rec, label)
-    flat = [f"{t} ({shapes[t]})" for t in names if shapes[t] != "peaked"]
-    if flat:
-        out["spearman_uninformative"] = (
-            f"Spearman over α is uninformative for {', '.join(flat)}: a monotone truth is matched "
-            "in rank by any monotone preview, a flat one by none.")
-    peaked = [t for t in names if shapes[t] == "peaked"]
-    if peaked:
-        out["spearman_peaked"] = (
-            f"Peaked truth ({', '.join(peaked)}): Spearman with realigned heads " + "; ".join(
-                f"{label[m]} " + ", ".join(f"{rec['quality'][m][t]['spearman']:+.2f}"
-                                           for t in peaked) for m in kinds) + ".")
-    return out
