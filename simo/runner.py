@@ -15,6 +15,7 @@ the newest progress bar inside the kernel.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from simo.progress import BAR_LINE
 
 HEARTBEAT = 10.0  # seconds between progress lines of a running notebook
 KERNEL = "python3"  # this interpreter's own kernel: always the right one, registered or not
+_RUN_IDS = itertools.count()  # two runs started in the same second still get their own id
 
 # name -> one line on what it shows. Order = execution order (later notebooks reuse earlier work).
 NOTEBOOKS: dict[str, str] = {
@@ -311,7 +313,7 @@ def run_all(profile: str, only: Sequence[str] | None = None,
     if jobs is not None:
         params["overrides"] = {**(params.get("overrides") or {}), "jobs.workers": jobs}
     saved = {k: os.environ.get(k) for k in ("SIMO_RUN", "SIMO_FORCE", "SIMO_PROGRESS")}
-    os.environ["SIMO_RUN"] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    os.environ["SIMO_RUN"] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_RUN_IDS)}"
     os.environ["SIMO_PROGRESS"] = "text"
     os.environ.pop("SIMO_FORCE", None)
     if force:

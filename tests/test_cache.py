@@ -283,3 +283,18 @@ def test_corrupt_meta_of_an_artifact(tmp_cache):
     (art.path / cache.META).write_text("{oops")
     with pytest.raises(CheckpointError, match="corrupt"):
         _ = art.meta
+
+
+def test_forced_run_recomputes_each_entry_once_then_reuses_it(tmp_cache, monkeypatch):
+    """The runner's ``--force``: within one run (SIMO_RUN) an entry is recomputed once and later
+    reads hit it; the next forced run recomputes it again."""
+    calls: list = []
+    cache.get_or_compute("demo", {"n": 1}, _writer(calls))
+    monkeypatch.setenv("SIMO_FORCE", "1")
+    monkeypatch.setenv("SIMO_RUN", "run-a")
+    cache.get_or_compute("demo", {"n": 1}, _writer(calls))
+    cache.get_or_compute("demo", {"n": 1}, _writer(calls))
+    assert len(calls) == 2
+    monkeypatch.setenv("SIMO_RUN", "run-b")
+    cache.get_or_compute("demo", {"n": 1}, _writer(calls))
+    assert len(calls) == 3

@@ -88,11 +88,11 @@ def _run(out, cache, **kw):
                             start_new_session=True, **kw)
 
 
-def test_make_foundation_is_bit_identical_twice_and_after_sigkill(tmp_path):
-    a, b, c = (tmp_path / f"{n}.safetensors" for n in "abc")
+def test_make_foundation_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    """Two processes, two caches: the killed-and-resumed release must equal the uninterrupted one
+    byte for byte, which also shows that ``make foundation`` is deterministic across processes."""
+    a, c = (tmp_path / f"{n}.safetensors" for n in "ac")
     assert _run(a, tmp_path / "cache-a").wait(timeout=300) == 0
-    assert _run(b, tmp_path / "cache-b").wait(timeout=300) == 0
-    assert file_sha256(a) == file_sha256(b)
     assert a.with_suffix(".md").is_file() and a.with_suffix(".json").is_file()
     assert file_sha256(a) in a.with_suffix(".md").read_text()
 

@@ -97,21 +97,30 @@ def test_summary_counts_cache_hits_and_force_recomputes(tmp_cache, tmp_path, mon
     again = runner.run_all("smoke", only=["00"])[0]
     assert again.misses == 0 and again.hits > 0
     assert (tmp_cache / "timings" / "smoke" / "00_data_and_tasks.json").is_file()
-    forced = runner.run_all("smoke", only=["00"], force=True)[0]
-    assert forced.misses == first.misses
     assert "cache hits" in runner.summary([again]).splitlines()[0]
     assert not list((tmp_cache / "events").glob("*.jsonl")), "each run removes its event log"
 
 
-def test_run_leaves_the_callers_environment_as_it_was(monkeypatch):
+def test_force_holds_for_one_run_and_leaves_the_callers_environment_as_it_was(monkeypatch):
+    """``--force`` reaches the kernel as SIMO_FORCE under a fresh SIMO_RUN id (the cache then
+    recomputes each entry once in that run: test_cache), and nothing outlives the run."""
     import os
 
-    monkeypatch.setattr(runner, "run_notebook",
-                        lambda nb, *a, **k: runner.RunRecord(nb, "ok", 0.0, 0))
+    seen: list[tuple] = []
+
+    def fake(nb, *a, **k):
+        seen.append((os.environ.get("SIMO_FORCE"), os.environ.get("SIMO_RUN")))
+        return runner.RunRecord(nb, "ok", 0.0, 0)
+
+    monkeypatch.setattr(runner, "run_notebook", fake)
     monkeypatch.delenv("SIMO_FORCE", raising=False)
     monkeypatch.delenv("SIMO_RUN", raising=False)
     monkeypatch.delenv("SIMO_PROGRESS", raising=False)
     runner.run_all("smoke", only=["00"], force=True)
+    runner.run_all("smoke", only=["00"], force=True)
+    runner.run_all("smoke", only=["00"])
+    assert seen[0][0] == seen[1][0] == "1" and seen[2][0] is None
+    assert seen[0][1] and seen[1][1] and seen[0][1] != seen[1][1], "each run gets its own id"
     assert not {"SIMO_FORCE", "SIMO_RUN", "SIMO_PROGRESS"} & set(os.environ)
 
 
