@@ -97,13 +97,16 @@ def test_summary_counts_cache_hits_and_force_recomputes(tmp_cache, tmp_path, mon
     again = runner.run_all("smoke", only=["00"])[0]
     assert again.misses == 0 and again.hits > 0
     assert (tmp_cache / "timings" / "smoke" / "00_data_and_tasks.json").is_file()
+    forced = runner.run_all("smoke", only=["00"], force=True)[0]
+    assert forced.misses == first.misses
     assert "cache hits" in runner.summary([again]).splitlines()[0]
     assert not list((tmp_cache / "events").glob("*.jsonl")), "each run removes its event log"
 
 
 def test_force_holds_for_one_run_and_leaves_the_callers_environment_as_it_was(monkeypatch):
-    """``--force`` reaches the kernel as SIMO_FORCE under a fresh SIMO_RUN id (the cache then
-    recomputes each entry once in that run: test_cache), and nothing outlives the run."""
+    """``--force`` is set as SIMO_FORCE under a fresh SIMO_RUN id, even for two runs in the same
+    second (the cache recomputes each entry once per run id: test_cache), and nothing outlives
+    the run."""
     import os
 
     seen: list[tuple] = []
