@@ -33,6 +33,21 @@ def test_notebook_runs_on_smoke(notebook, smoke_run):
                               if c.cell_type == "code" and c.source.strip()), "a cell did not run"
 
 
+CODE_LINES = {"03_realignment": 150, "05_previews": 150}  # the two notebooks with the most protocol
+
+
+@pytest.mark.parametrize("notebook", list(runner.NOTEBOOKS))
+def test_notebook_holds_calls_and_plots_not_library_code(notebook):
+    """No ``def``, no code cell over 25 lines, 03 and 05 at most 150 code lines (comments and
+    blank lines aside): what a notebook computes lives in ``simo`` where it is tested."""
+    cells = nbformat.read(paths.NOTEBOOKS / f"{notebook}.ipynb", as_version=4).cells
+    code = [[ln for ln in c.source.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+            for c in cells if c.cell_type == "code"]
+    assert not [ln for lines in code for ln in lines if ln.lstrip().startswith(("def ", "class "))]
+    assert max(map(len, code)) <= 25, f"a code cell of {max(map(len, code))} lines"
+    assert sum(map(len, code)) <= CODE_LINES.get(notebook, 10**6)
+
+
 def test_results_contract_of_01(smoke_run):
     """01's results.json has pretrained and scratch metrics for every task (issue contract)."""
     run = smoke_run("01_pretrain_and_finetune")

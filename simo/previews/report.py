@@ -79,6 +79,13 @@ def study(profile: Profile) -> Study:
                  list(pv.gt_seeds), kinds, labels(pv.sg_estimator, pv.components))
 
 
+def describe(st: Study) -> str:
+    """One line on what the notebook runs: tasks, α grid, steps and seeds."""
+    ft = st.pp.finetune
+    return (f"tasks {st.names} | {len(st.alphas)} α | every run {ft.head_steps} head + {ft.steps} "
+            f"full steps | per-task seeds {st.seeds} | ground-truth seeds {st.gt_seeds}")
+
+
 def training_jobs(st: Study) -> list:
     """Every training run, for :func:`simo.jobs.prefetch`, in the order they wait for each other:
     SGD at uniform α per learning rate of :data:`SGD_LRS` (its choice), per task and seed an
@@ -143,6 +150,22 @@ def truth_motion(alphas: Sequence[Sequence[float]], truth: Mapping) -> dict:
         rng = float(c.max() - c.min())
         out[o] = {"range": rng, "best": list(alphas[inner[int(np.argmax(c))]]), "flat": rng < FLAT}
     return out
+
+
+def describe_truth(sgd: Mapping, motion: Mapping) -> str:
+    """Two lines: SGD's chosen lr (of :func:`sgd_choice`) and how each truth moves with α."""
+    edge = " (at the edge of the grid)" if sgd["edge"] else ""
+    moves = {o: f"range {m['range']:.1f} points, best α {m['best']}{', flat' if m['flat'] else ''}"
+             for o, m in motion.items()}
+    return f"SGD lr {sgd['lr']:g} of {sgd['lrs']}{edge}\n{moves}"
+
+
+def interior_axis(st: Study, truth: Mapping) -> tuple[list[int], list, np.ndarray]:
+    """The interior α (indices), their x positions (α of the first task for two tasks, else the
+    grid order) and AdamW's mean task points there: the axes of the sensitivity figure."""
+    inner = interior(st.alphas)
+    x = [st.alphas[i][0] for i in inner] if len(st.tasks) == 2 else list(range(len(inner)))
+    return inner, x, mean_curve(truth["adamw"])[inner]
 
 
 def judged_truth(motion: Mapping) -> str:
