@@ -100,8 +100,9 @@ def block_tokens(vit: torch.nn.Module, images: Tensor, batch_size: int = 128) ->
     """Patch-token features after every block (no final norm): a list of (N*tokens, C) tensors."""
     vit.eval()
     per_block: list[list[Tensor]] = []
+    device = next(vit.parameters()).device
     for i in range(0, len(images), batch_size):
-        inter = vit.forward_intermediates(images[i:i + batch_size], indices=len(vit.blocks),
+        inter = vit.forward_intermediates(images[i:i + batch_size].to(device), indices=len(vit.blocks),
                                           norm=False, output_fmt="NLC", intermediates_only=True)
         for j, f in enumerate(inter):
             if len(per_block) <= j:
@@ -220,20 +221,24 @@ def learn_layer_coefficients(model: torch.nn.Module, tasks: Sequence, pretrained
     task's finetuned weights. Returns λ as a (tasks, layers) tensor.
     """
     from simo.merging import layer_index
-    from simo.train import sample_batch, step_generator
+    from simo.train import sample_batch, step_generator, to_device
 
     vit = model.encoder.vit
+    device = next(vit.parameters()).device  # the coefficients train where the model lives
+    pretrained = {k: v.to(device) for k, v in pretrained.items()}
+    task_vectors = [{k: v.to(device) for k, v in tv.items()} for tv in task_vectors]
     n_layers = len(vit.blocks)
     keys = [k for k, v in pretrained.items() if v.is_floating_point()]
     layer = {k: layer_index(k, n_layers) for k in keys}
-    lam = torch.full((len(task_vectors), n_layers), float(init), requires_grad=True)
+    lam = torch.full((len(task_vectors), n_layers), float(init), device=device, requires_grad=True)
     opt = torch.optim.Adam([lam], lr=lr)
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
     size = tuple(data["image"].shape[-2:])
     for s in range(steps):
-        batch, _ = sample_batch(data, batch_size, step_generator(seed, s), flip=False)
+        batch = to_device(sample_batch(data, batch_size, step_generator(seed, s), flip=False)[0],
+                          device)
         params = {k: pretrained[k] + sum(lam[t, layer[k]] * tv[k]
                                          for t, tv in enumerate(task_vectors)) for k in keys}
         params.update({k: v for k, v in pretrained.items() if k not in params})
@@ -244,7 +249,7 @@ def learn_layer_coefficients(model: torch.nn.Module, tasks: Sequence, pretrained
         opt.step()
     for p, f in zip(model.parameters(), flags):
         p.requires_grad_(f)
-    return lam.detach()
+    return lam.detach().cpu()
 
 
 def _merged_features(encoder: torch.nn.Module, vit: torch.nn.Module, params: dict[str, Tensor],

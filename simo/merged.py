@@ -23,7 +23,7 @@ from simo.errors import MergeError, TaskError, one_of
 from simo.merging import METHODS, fisher_diagonal, merge, method_params
 from simo.steps import heads_of, load_finetuned, pretrained, single_task_models, tasks_of
 from simo.tasks import Task, delta_mtl
-from simo.train import evaluate, sample_batch, step_generator
+from simo.train import evaluate, sample_batch, step_generator, to_device
 
 SWEEP_HEADS = ("original", "pretrained")  # heads that read a task-vector sweep (MergeSetup.sweep)
 
@@ -58,12 +58,15 @@ def fisher_of(profile: Profile, art: cache.Artifact, task: str, seed: int = 0,
     model = load_finetuned(profile, art)
     t = tasks_of(profile, [task])[0]
     train = make_dataset(profile, "train")
-    batches = [sample_batch(train, profile.finetune.batch_size, step_generator(seed, i), False)[0]
+    device = next(model.parameters()).device
+    batches = [to_device(sample_batch(train, profile.finetune.batch_size,
+                                      step_generator(seed, i), False)[0], device)
                for i in range(batches or profile.merging.fisher_batches)]
     with one_thread():  # sums of squares in a fixed order: the same bits on any core count
         f = fisher_diagonal(model.encoder.vit, batches,
                             lambda _vit, b: t.loss(model(b["image"])[task], b[t.target]))
-    return {k: f.get(k, torch.zeros_like(v)) for k, v in model.encoder.vit.state_dict().items()}
+    return {k: f.get(k, torch.zeros_like(v)).cpu()  # beside the CPU state dicts it weighs
+            for k, v in model.encoder.vit.state_dict().items()}
 
 
 @dataclasses.dataclass

@@ -544,7 +544,7 @@ def pretrain(vit: nn.Module, images: Tensor, cfg, *, seed: int, partial_dir: Pat
              progress: bool = True) -> LoopResult:
     """SimMIM pretraining of ``vit`` in place on ``images`` (N,3,H,W); ``cfg``: PretrainConfig."""
     torch.manual_seed(seed)
-    model = SimMIM(vit)
+    model = SimMIM(vit).to(next(vit.parameters()).device)  # its mask token and decoder too
 
     def loss_fn(batch: Batch, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         return model.loss(batch["image"], cfg.mask_ratio, g), {}

@@ -19,6 +19,7 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict(heads)
 
     def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        x = x.to(next(self.parameters()).device)  # CPU images work on a CUDA model too
         feats, cls = self.encoder(x)
         size = x.shape[-2:]
         return {t: self.heads[t](feats, cls, size) for t in (tasks or self.heads.keys())}
