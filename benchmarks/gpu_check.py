@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.step_time import mean_step_seconds  # noqa: E402
 from simo import realign  # noqa: E402
 from simo.config import load_profile, with_settings  # noqa: E402
 from simo.merged import merge_setup  # noqa: E402
@@ -77,43 +78,26 @@ def rel_diffs(a: dict, b: dict, path: str = "") -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def precision(kind: str, device: torch.device):
-    """fp32 (TF32 off), TF32 matmuls, or bf16 autocast."""
+def tf32(on: bool):
+    """TF32 matmuls and convolutions on or off, for the whole step (backward too)."""
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = kind == "tf32"
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if kind == "bf16"
-           else contextlib.nullcontext())
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
     try:
-        with amp:
-            yield
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def step_seconds(profile, names: list[str], kind: str, device: torch.device, steps: int) -> float:
-    """Mean seconds of one AdamW step (forward + backward of every head) at ``kind`` precision."""
+    """Mean seconds of one AdamW step (forward + backward of every head) at ``kind`` precision:
+    fp32 (TF32 off), TF32, or bf16 autocast around the forward (its backward follows its dtypes)."""
     model = build_model(profile, tasks_of(profile, names)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), 1e-4)
     bs, size = profile.finetune.batch_size, profile.data.image_size
     x = torch.rand(bs, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-
-    def step() -> None:
-        with precision(kind, device):
-            loss = sum(o.float().pow(2).mean() for o in model(x).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):  # warm-up: allocator, kernel selection
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps
+    forward = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if kind == "bf16"
+               else contextlib.nullcontext)
+    with tf32(kind == "tf32"):
+        return mean_step_seconds(model, x, steps, forward)
 
 
 def throughput(device: torch.device, steps: int) -> dict:

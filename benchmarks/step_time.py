@@ -12,11 +12,15 @@ feasibility run. The last is today's tiny shape: patch 4, i.e. 64 tokens instead
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,28 +37,47 @@ SHAPES = [  # (image size, width, depth, attention heads, patch); the first is t
 ]
 
 
+def shape_profile(size: int, width: int, depth: int, heads: int, patch: int):
+    """The tiny profile at this (image size, width, depth, attention heads, patch), random weights."""
+    return with_settings(load_profile("tiny"), {
+        "data.image_size": size, "model.embed_dim": width, "model.depth": depth,
+        "model.num_heads": heads, "model.patch_size": patch, "model.weights": None,
+        "model.feature_blocks": list(range(1, depth, 2))})  # tiny's taps
+
+
 def step_seconds(size: int, width: int, depth: int, heads: int, patch: int, steps: int,
                  batch: int) -> float:
     """Mean seconds of one training step of the tiny profile's tasks at this shape."""
-    profile = with_settings(load_profile("tiny"), {
-        "data.image_size": size, "model.embed_dim": width, "model.depth": depth,
-        "model.num_heads": heads, "model.patch_size": patch, "model.weights": None,
-        "model.feature_blocks": list(range(1, depth, 2))})  # tiny's taps; random weights
-    model = build_model(profile, tasks_of(profile))
-    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    profile = shape_profile(size, width, depth, heads, patch)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return mean_step_seconds(build_model(profile, tasks_of(profile)), x, steps)
+
+
+def mean_step_seconds(model: nn.Module, x: Tensor, steps: int,
+                      forward: Callable[[], AbstractContextManager] = contextlib.nullcontext
+                      ) -> float:
+    """Mean seconds of one AdamW step of ``model`` on ``x`` (forward of every head under
+    ``forward()``, e.g. autocast; backward; update), after three warm-up steps, CUDA synchronized."""
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
 
     def step() -> None:
-        loss = sum(o.float().pow(2).mean() for o in model(x).values())
+        with forward():
+            loss = sum(o.float().pow(2).mean() for o in model(x).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    for _ in range(3):  # warm-up: allocator and oneDNN kernel selection
+    def sync() -> None:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):  # warm-up: allocator and kernel selection (oneDNN, cuBLAS)
         step()
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return (time.perf_counter() - t) / steps
 
 

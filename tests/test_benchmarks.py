@@ -37,9 +37,16 @@ def test_gpu_check_compares_every_shared_number_but_seconds():
     assert gpu_check.rel_diffs(a, b) == {"x.m": 1.0, "x.n": 0.0}
 
 
-@pytest.mark.parametrize("kind", gpu_check.PRECISIONS)
-def test_gpu_check_precision_restores_the_tf32_flags(kind):
-    before = torch.backends.cuda.matmul.allow_tf32
-    with gpu_check.precision(kind, torch.device("cpu")):
-        assert torch.backends.cuda.matmul.allow_tf32 == (kind == "tf32")
-    assert torch.backends.cuda.matmul.allow_tf32 == before
+@pytest.mark.parametrize("on", [True, False])
+def test_gpu_check_tf32_holds_inside_and_restores_the_flags(on):
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with gpu_check.tf32(on):
+        assert torch.backends.cuda.matmul.allow_tf32 is on and torch.backends.cudnn.allow_tf32 is on
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_gpu_check_times_a_step_at_every_precision():
+    """The step timer under each precision (bf16 autocast runs on CPU too), on a tiny model."""
+    small = step_time.shape_profile(32, 16, 2, 2, 8)
+    for kind in gpu_check.PRECISIONS:
+        assert gpu_check.step_seconds(small, ["depth"], kind, torch.device("cpu"), steps=1) > 0
