@@ -134,14 +134,32 @@ class RelationsConfig:
 
 
 @dataclass(frozen=True)
+class KnobPoint:
+    """A knob value that moves several settings at once, written ``{label: ..., set: {dotted:
+    value}}``: "pretraining" is a random encoder (``pretrain.steps: 0``), SimMIM for n steps, or a
+    weights file (``model.weights``), which no single setting spans."""
+
+    label: str  # what the figures call it, e.g. "foundation"
+    set: tuple[tuple[str, Any], ...] = ()  # (dotted setting, value) pairs; () = the profile's own
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.set)
+
+
+@dataclass(frozen=True)
 class KnobConfig:
     """One knob of a sweep (the regime study, the previews' sensitivity): a dotted profile setting
-    and the values it takes."""
+    and the values it takes, or (no key) values that are :class:`KnobPoint` s."""
 
     name: str  # what the figure calls it, e.g. "pretraining"
-    key: str  # the setting it moves, e.g. "pretrain.steps"
+    key: str = ""  # the setting it moves, e.g. "pretrain.steps"; "" when every value is a KnobPoint
     values: tuple[Any, ...] = ()  # each a valid value of that setting (a list for tasks)
     note: str = ""  # one line on what the knob stands for
+
+    def settings(self, value: Any) -> dict[str, Any]:
+        """The dotted settings that ``value`` of this knob applies."""
+        return value.settings if isinstance(value, KnobPoint) else {self.key: value}
 
 
 @dataclass(frozen=True)
@@ -221,7 +239,7 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against a field type; ints are accepted as floats, lists as tuples."""
     if tp is Any:  # a knob's values: checked when the knob sets them (lists become tuples)
-        return _freeze(value)
+        return _knob_point(value, where) if isinstance(value, Mapping) else _freeze(value)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -253,6 +271,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def _freeze(value: Any) -> Any:
     """Lists to tuples, recursively: a profile stays hashable whatever a knob holds."""
     return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _knob_point(value: Mapping[str, Any], where: str) -> KnobPoint:
+    """A knob value written as a mapping: ``{label: str, set: {dotted setting: value}}``."""
+    if set(value) != {"label", "set"} or not isinstance(value["label"], str):
+        raise ConfigError(f"{where}: a knob value that is a mapping needs exactly 'label' (a "
+                          f"name) and 'set' (dotted settings), got {dict(value)!r}")
+    try:
+        pairs = dict(value["set"] or {})
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.set must map dotted settings to values, "
+                          f"got {value['set']!r}") from None
+    return KnobPoint(value["label"], tuple((str(k), _freeze(v)) for k, v in pairs.items()))
 
 
 def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
@@ -317,7 +348,7 @@ def knob_profiles(profile: Profile, knob: KnobConfig, where: str,
     out = []
     for v in knob.values if values is None else values:
         try:
-            out.append((v, with_settings(profile, {knob.key: v})))
+            out.append((v, with_settings(profile, knob.settings(v))))
         except ConfigError as e:
             raise ConfigError(f"{where} knob {knob.name!r}, value {v!r}: {e}") from None
     return out
@@ -438,6 +469,15 @@ def _check_knobs(where: str, knobs: Sequence[KnobConfig], p: Profile,
     for k in knobs:
         if not k.values:
             raise ConfigError(f"{where} knob {k.name!r} lists no values")
+        points = [isinstance(v, KnobPoint) for v in k.values]
+        if any(points) and (allowed is not None or not all(points)):
+            raise ConfigError(f"{where} knob {k.name!r}: " + (
+                "its values must be plain values of its key" if allowed is not None else
+                "give every value as {label, set}, or none (they cannot be mixed)"))
+        if any(points):
+            if len({v.label for v in k.values}) != len(k.values):
+                raise ConfigError(f"{where} knob {k.name!r}: its values need different labels")
+            continue  # each point's settings are checked when a sweep applies them
         if allowed is not None and k.key not in allowed:
             raise ConfigError(f"{where} knob {k.name!r}: {one_of(k.key, allowed, 'key')}")
         try:

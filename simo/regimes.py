@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from simo import analysis, jobs, protocol
-from simo.config import Profile, knob_profiles
+from simo.config import KnobPoint, Profile, knob_profiles
 from simo.errors import ConfigError, one_of
 from simo.merged import MergeSetup
 from simo.protocol import PAPER_CLAIM, claim_holds
@@ -40,7 +40,15 @@ class Point:
     @property
     def label(self) -> str:
         v = self.value
+        if isinstance(v, KnobPoint):
+            return v.label
         return "+".join(v) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)
+
+    @property
+    def json_value(self) -> Any:
+        """The value as results.json holds it: a list for a task mix, the label for a point."""
+        v = self.value
+        return list(v) if isinstance(v, tuple) else v.label if isinstance(v, KnobPoint) else v
 
 
 def points(profile: Profile, knobs: Sequence[str] | None = None) -> list[Point]:
@@ -59,6 +67,27 @@ def points(profile: Profile, knobs: Sequence[str] | None = None) -> list[Point]:
             continue
         out += [Point(k.name, v, p) for v, p in knob_profiles(profile, k, "regime")]
     return out
+
+
+def encoder_of(profile: Profile) -> str:
+    """What θ0 is at a setting, in words: a weights file, SimMIM for n steps, or random."""
+    if profile.model.weights:
+        return f"released weights {profile.model.weights}"
+    return f"SimMIM, {profile.pretrain.steps} steps" if profile.pretrain.steps else "random"
+
+
+def at_base(profile: Profile, pts: Sequence[Point], sweeps: dict[str, list[dict]]) -> dict:
+    """The gap at the profile's own setting (θ0 and every budget as the profile has them), with
+    its CI, seeds and probe: the regime the study is centred on, named by its encoder."""
+    for pt in pts:
+        if pt.profile == profile:
+            e = next(e for e in sweeps[pt.knob] if e["label"] == pt.label)
+            return {"encoder": encoder_of(profile), "knob": pt.knob, "label": pt.label,
+                    "gap": e["gap"], "ci95": e["gap_ci95"], "seeds": e["gap_seeds"],
+                    "best_method": e["best_method"], "probe": e["measures"]["probe"],
+                    "delta_mtl": e["delta_mtl"], "claim": e["claim"]}
+    raise ConfigError(f"no knob of profile {profile.name!r} keeps its own setting among its "
+                      f"values: list the profile's value under one knob to measure the base")
 
 
 def _distinct(pts: Sequence[Point]) -> list[Profile]:
@@ -209,8 +238,7 @@ def summarize(pts: Sequence[Point], records: Sequence[dict]) -> dict[str, list[d
         delta = {k: _mean(v) for k, v in rec["delta_mtl"].items()}
         best = rec["best"]
         out.setdefault(pt.knob, []).append({
-            "value": list(pt.value) if isinstance(pt.value, tuple) else pt.value,
-            "label": pt.label, "setting": settings.index(pt.profile), "gap": gap["mean"], "gap_ci95": gap["ci95"], "gap_seeds": gap["seeds"],
+            "value": pt.json_value, "label": pt.label, "setting": settings.index(pt.profile), "gap": gap["mean"], "gap_ci95": gap["ci95"], "gap_seeds": gap["seeds"],
             "delta_mtl": delta, "delta_mtl_seeds": rec["delta_mtl"],
             "measures": {k: _mean(v) for k, v in rec["measures"].items()},
             "best_method": best, "claim": claim_holds(delta, rec["cost"], best),

@@ -58,8 +58,12 @@ def test_yaml_values_reach_the_profile(name):
 
 
 def _matches(got, want) -> bool:
-    """YAML ``want`` reached the profile as ``got`` (lists as tuples, mappings as dataclasses;
-    keys a mapping leaves out keep their defaults)."""
+    """YAML ``want`` reached the profile as ``got`` (lists as tuples, mappings as dataclasses or,
+    for a knob point's settings, as (key, value) pairs; keys a mapping leaves out keep their
+    defaults)."""
+    if isinstance(want, dict) and isinstance(got, tuple):
+        return dict(got).keys() == want.keys() and all(
+            _matches(dict(got)[k], w) for k, w in want.items())
     if isinstance(want, dict):
         return all(_matches(getattr(got, k), w) for k, w in want.items())
     if isinstance(want, list):
