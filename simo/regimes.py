@@ -90,6 +90,20 @@ def at_base(profile: Profile, pts: Sequence[Point], sweeps: dict[str, list[dict]
                       f"values: list the profile's value under one knob to measure the base")
 
 
+def knob_rows(profile: Profile, knobs: Sequence[str] | None = None) -> list[dict]:
+    """One row per knob for the notebook's table: its name, the settings it moves, its values
+    (as the figures label them) and what it stands for."""
+    rows = []
+    for k in profile.regime.knobs:
+        if knobs and k.name not in knobs:
+            continue
+        moved = k.key or ", ".join(dict.fromkeys(s for v in k.values for s in v.settings))
+        rows.append({"knob": k.name, "setting": moved or "(the profile's own)",
+                     "values": [Point(k.name, v, profile).label for v in k.values],
+                     "what": k.note})
+    return rows
+
+
 def _distinct(pts: Sequence[Point]) -> list[Profile]:
     return list(dict.fromkeys(p.profile for p in pts))
 
@@ -300,6 +314,17 @@ def best_regime(sweeps: dict[str, list[dict]]) -> dict:
             "any_holds": any(e["claim"]["holds"] for _, e in entries)}
 
 
+def _probe_line(sweeps: dict[str, list[dict]]) -> str:
+    """How the probe and the gap move together along the knob that moves the probe most (the
+    pretraining knob, where there is one): the frozen θ0's quality against realignment's gap."""
+    k = max(sweeps, key=lambda k: max(e["measures"]["probe"] for e in sweeps[k])
+            - min(e["measures"]["probe"] for e in sweeps[k]))
+    return (f"Along {k}, the probe (Δ_MTL of θ0 with realigned heads) goes "
+            + ", ".join(f"{e['measures']['probe']:+.1f}" for e in sweeps[k]) + " and the gap "
+            + ", ".join(f"{e['gap']:+.1f}" for e in sweeps[k]) + " ("
+            + ", ".join(e["label"] for e in sweeps[k]) + ").")
+
+
 def facts(results: dict) -> dict[str, Any]:
     """What notebook 06's results say, as numbers and sentences: the gap's range, its trend under
     each knob, the measure that tracks it, which side it follows, the plateaus and the claim."""
@@ -324,8 +349,13 @@ def facts(results: dict) -> dict[str, Any]:
              if g == g]  # NaN: no curve to judge (as pandas skips it)
     worst, (wk, wv, wb) = max(gains, key=lambda gw: gw[0])
     single = max((g for g, w in gains if w[2] == "single"), default=float("nan"))
-    best = results["best_regime"]
+    best, base = results["best_regime"], results["at_base"]
     return {
+        "base": f"At the study's own setting (θ0: {base['encoder']}) the gap is "
+                f"{base['gap']:+.1f} points (95 % CI [{base['ci95'][0]:+.1f}, "
+                f"{base['ci95'][1]:+.1f}], seeds " + ", ".join(f"{g:+.1f}" for g in base["seeds"])
+                + f"; best: {base['best_method']}), with a probe Δ_MTL of {base['probe']:+.1f}.",
+        "probe": _probe_line(sweeps),
         "range": f"from {lo[1]['gap']:+.1f} points ({lo[0]} = {lo[1]['label']}, best: "
                  f"{lo[1]['best_method']}) to {hi[1]['gap']:+.1f} ({hi[0]} = {hi[1]['label']})",
         "trends": trends, "settings": len({e["setting"] for _, e in gaps}), "top": top,

@@ -257,6 +257,12 @@ def test_regime_knobs_load_as_hashable_values():
     knobs = {k.name: k for k in p.regime.knobs}
     assert len(knobs) >= 4  # the issue: at least four knobs swept
     assert knobs["tasks"].values[1] == ("depth", "normals")  # lists become tuples
+    # a {label, set} value moves several settings; the foundation point keeps the profile's own
+    pre = knobs["pretraining"]
+    assert [v.label for v in pre.values] == ["random", "SimMIM 250", "SimMIM 1000", "foundation"]
+    assert pre.settings(pre.values[0]) == {"model.weights": None, "pretrain.steps": 0}
+    assert pre.settings(pre.values[-1]) == {} and knobs["tasks"].settings(("depth",)) == {
+        "tasks": ("depth",)}
     hash(p)  # a profile keys caches and lru_caches: it must stay hashable
 
 
@@ -266,6 +272,11 @@ def test_regime_knobs_load_as_hashable_values():
     ([{"name": "w", "key": "model.embed_dim", "values": [8]}] * 2, "must have different names"),
     ([{"name": "w", "key": "model.embed_dim"}], "knob 'w' lists no values"),
     ([{"name": "w", "kee": "model.embed_dim"}], "unknown key in regime.knobs[0] 'kee'"),
+    ([{"name": "p", "values": [{"label": "a"}]}], "needs exactly 'label' (a name) and 'set'"),
+    ([{"name": "p", "values": [{"label": "a", "set": 3}]}], ".set must map dotted settings"),
+    ([{"name": "p", "values": [{"label": "a", "set": {}}, 5]}], "cannot be mixed"),
+    ([{"name": "p", "values": [{"label": "a", "set": {}}, {"label": "a", "set": {}}]}],
+     "knob 'p': its values need different labels"),
 ])
 def test_bad_regime_knobs_are_one_line_errors(knobs, expect):
     assert expect in _err(overrides={"regime.knobs": knobs})
@@ -275,6 +286,8 @@ def test_bad_regime_knobs_are_one_line_errors(knobs, expect):
     ([{"name": "s", "key": "previews.steps", "values": [5]}],  # would retrain: not a preview knob
      "previews.sensitivity knob 's': unknown key 'previews.steps'; choose one of: previews.prior_rel"),
     ([{"name": "s", "key": "previews.prior_rel", "values": []}], "knob 's' lists no values"),
+    ([{"name": "s", "values": [{"label": "a", "set": {"previews.prior_rel": 1.0}}]}],
+     "knob 's': its values must be plain values of its key"),
 ])
 def test_bad_sensitivity_knobs_are_one_line_errors(knobs, expect):
     assert expect in _err(overrides={"previews.sensitivity": knobs})

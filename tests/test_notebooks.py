@@ -16,7 +16,7 @@ import pytest
 from conftest import SMOKE_PARAMS
 from real_fixtures import write_nyuv2
 from simo import paths, runner
-from simo.config import load_profile, setting
+from simo.config import KnobPoint, load_profile, setting
 
 
 @pytest.mark.parametrize("notebook", list(runner.NOTEBOOKS))
@@ -183,12 +183,17 @@ def test_results_contract_of_06(smoke_run):
     assert set(res["sweeps"]) == {k.name for k in knobs}
     for k in knobs:
         points = res["sweeps"][k.name]
-        assert [p["value"] for p in points] == [list(v) if isinstance(v, tuple) else v
-                                                for v in k.values]
+        assert [p["value"] for p in points] == [
+            list(v) if isinstance(v, tuple) else v.label if isinstance(v, KnobPoint) else v
+            for v in k.values]
         for p in points:
             lo, hi = p["gap_ci95"]
             assert lo <= p["gap"] <= hi and len(p["gap_seeds"]) == len(res["seeds"]) >= 2
             assert {"joint_mtl", "task_arithmetic+repr", "ties+head"} <= set(p["delta_mtl"])
             best = max((m for m in p["delta_mtl"] if "+" in m), key=p["delta_mtl"].get)
             assert p["gap"] == pytest.approx(p["delta_mtl"]["joint_mtl"] - p["delta_mtl"][best])
+            assert p["measures"]["probe"] == p["measures"]["probe"]  # every point has its probe
     assert {"knob", "value", "gap", "holds"} <= set(res["best_regime"])
+    base = res["at_base"]  # the profile's own setting, named by its θ0, with its CI
+    lo, hi = base["ci95"]
+    assert lo <= base["gap"] <= hi and base["encoder"] == res["base"]["encoder"]

@@ -151,8 +151,15 @@ def test_facts_read_the_study_back(prof):
     corr = regimes.correlations(sweeps)
     results = {"sweeps": sweeps, "correlations": corr, "most_predictive": "tv_norm",
                "gap_sources": regimes.gap_sources(sweeps),
-               "best_regime": regimes.best_regime(sweeps)}
+               "best_regime": regimes.best_regime(sweeps),
+               "at_base": regimes.at_base(prof, pts, sweeps)}
     f = regimes.facts(results)
+    assert f["base"].startswith("At the study's own setting (θ0: SimMIM, 10 steps) the gap is "
+                                "+7.0 points (95 % CI [")
+    assert "seeds +6.0, +8.0; best: a+head), with a probe Δ_MTL of -0.1." in f["base"]
+    # the knob that moves the probe most is the pretraining one (-0.1 -> -0.05; lr: -0.05 -> -0.01)
+    assert f["probe"] == ("Along pretraining, the probe (Δ_MTL of θ0 with realigned heads) goes "
+                          "-0.1, -0.1 and the gap +11.0, +7.0 (0, 10).")
     assert f["range"].startswith("from +2.5 points (lr = 0.002, best: a+head) to +11.0 "
                                  "(pretraining = 0)")
     assert f["trends"] == ["pretraining: from 0 to 10 the gap falls (realignment catches up) "
@@ -163,3 +170,42 @@ def test_facts_read_the_study_back(prof):
     assert f["plateau"].startswith("5.0% (joint_mtl at pretraining = 10; single-task runs at most "
                                    "1.0%): not every baseline has flattened, but a joint MTL")
     assert f["claim"].startswith("The paper's claim holds at lr = 0.002: a+head is +2.5 points")
+
+
+def test_at_base_reads_the_profiles_own_point(prof):
+    pts = regimes.points(prof, ["pretraining", "lr"])
+    recs = [_record([10, 12], 0.1), _record([6, 8], 0.05), _record([6, 8], 0.05),
+            _record([2, 3], 0.01)]
+    sweeps = regimes.summarize(pts, recs)
+    base = regimes.at_base(prof, pts, sweeps)
+    assert (base["knob"], base["label"], base["gap"], base["seeds"]) == ("pretraining", "10", 7,
+                                                                         [6, 8])
+    assert base["ci95"][0] < 7 < base["ci95"][1] and base["probe"] == -0.05
+    assert base["encoder"] == "SimMIM, 10 steps"
+    with pytest.raises(ConfigError, match="no knob of profile 'smoke' keeps its own setting"):
+        regimes.at_base(prof, pts[:1], sweeps)  # only pretraining = 0: the base is not measured
+
+
+POINT_KNOBS = [{"name": "pretraining", "values": [
+    {"label": "random", "set": {"pretrain.steps": 0}},
+    {"label": "short", "set": {"pretrain.steps": 5, "pretrain.lr": 1e-4}},
+    {"label": "own", "set": {}}]},
+    {"name": "lr", "key": "finetune.lr", "values": [1e-3, 2e-3]}]
+
+
+def test_a_knob_value_may_move_several_settings():
+    prof = load_profile("smoke", {"pretrain.steps": 10, "finetune.lr": 1e-3,
+                                  "regime.knobs": POINT_KNOBS})
+    pts = regimes.points(prof, ["pretraining"])
+    assert [p.label for p in pts] == ["random", "short", "own"]
+    assert [p.json_value for p in pts] == ["random", "short", "own"]
+    short = pts[1].profile
+    assert (short.pretrain.steps, short.pretrain.lr, short.finetune.lr) == (5, 1e-4, 1e-3)
+    assert pts[2].profile == prof  # {} keeps the profile's own setting
+    assert [regimes.encoder_of(p.profile) for p in pts] == ["random", "SimMIM, 5 steps",
+                                                            "SimMIM, 10 steps"]
+    rows = regimes.knob_rows(prof)
+    assert rows[0]["knob"] == "pretraining" and rows[0]["values"] == ["random", "short", "own"]
+    assert rows[0]["setting"] == "pretrain.steps, pretrain.lr"
+    assert rows[1]["setting"] == "finetune.lr" and rows[1]["values"] == ["0.001", "0.002"]
+    assert [r["knob"] for r in regimes.knob_rows(prof, ["lr"])] == ["lr"]
