@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from simo import analysis, jobs, protocol
-from simo.config import KnobPoint, Profile, knob_profiles
+from simo.config import KnobConfig, KnobPoint, Profile, knob_profiles
 from simo.errors import ConfigError, one_of
 from simo.merged import MergeSetup
 from simo.protocol import PAPER_CLAIM, claim_holds
@@ -39,10 +39,7 @@ class Point:
 
     @property
     def label(self) -> str:
-        v = self.value
-        if isinstance(v, KnobPoint):
-            return v.label
-        return "+".join(v) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)
+        return label_of(self.value)
 
     @property
     def json_value(self) -> Any:
@@ -51,9 +48,17 @@ class Point:
         return list(v) if isinstance(v, tuple) else v.label if isinstance(v, KnobPoint) else v
 
 
-def points(profile: Profile, knobs: Sequence[str] | None = None) -> list[Point]:
-    """Every (knob, value) of ``profile.regime`` (or of the named ``knobs``), each as a
-    validated profile."""
+def label_of(value: Any) -> str:
+    """How figures and tables name a knob value: a point's label, a task mix joined by "+"."""
+    if isinstance(value, KnobPoint):
+        return value.label
+    if isinstance(value, tuple):
+        return "+".join(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _selected(profile: Profile, knobs: Sequence[str] | None) -> list[KnobConfig]:
+    """The profile's regime knobs, or the named ones (in the profile's order), names checked."""
     if not profile.regime.knobs:
         raise ConfigError(f"profile {profile.name!r} defines no regime.knobs: run notebook 06 "
                           f"with profile='regime' (or 'smoke'), or add knobs to its profile")
@@ -61,12 +66,14 @@ def points(profile: Profile, knobs: Sequence[str] | None = None) -> list[Point]:
     for n in knobs or ():
         if n not in names:
             raise ConfigError(one_of(n, names, "regime knob"))
-    out = []
-    for k in profile.regime.knobs:
-        if knobs and k.name not in knobs:
-            continue
-        out += [Point(k.name, v, p) for v, p in knob_profiles(profile, k, "regime")]
-    return out
+    return [k for k in profile.regime.knobs if not knobs or k.name in knobs]
+
+
+def points(profile: Profile, knobs: Sequence[str] | None = None) -> list[Point]:
+    """Every (knob, value) of ``profile.regime`` (or of the named ``knobs``), each as a
+    validated profile."""
+    return [Point(k.name, v, p) for k in _selected(profile, knobs)
+            for v, p in knob_profiles(profile, k, "regime")]
 
 
 def encoder_of(profile: Profile) -> str:
@@ -94,13 +101,10 @@ def knob_rows(profile: Profile, knobs: Sequence[str] | None = None) -> list[dict
     """One row per knob for the notebook's table: its name, the settings it moves, its values
     (as the figures label them) and what it stands for."""
     rows = []
-    for k in profile.regime.knobs:
-        if knobs and k.name not in knobs:
-            continue
+    for k in _selected(profile, knobs):
         moved = k.key or ", ".join(dict.fromkeys(s for v in k.values for s in v.settings))
         rows.append({"knob": k.name, "setting": moved or "(the profile's own)",
-                     "values": [Point(k.name, v, profile).label for v in k.values],
-                     "what": k.note})
+                     "values": [label_of(v) for v in k.values], "what": k.note})
     return rows
 
 
